@@ -1,0 +1,1 @@
+"""Benchmarks: measurements of speed and of learning, never run as tests."""

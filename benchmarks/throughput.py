@@ -1,0 +1,191 @@
+"""CQL gradient updates per second: hybridrl next to d3rlpy, same sizes, one run.
+
+Both agents get 3x256 actor and critics, two critics, batch 256 and 10 sampled actions of each kind
+(uniform, policy at s, policy at s'); d3rlpy's CQL runs with a fixed conservative weight
+(``alpha_learning_rate=0``) like hybridrl's default. Batches are drawn before the clock starts for
+d3rlpy (its sampler is Python-side); hybridrl's are drawn from its device buffer inside the timed loop.
+
+For each we report updates/s, FLOPs per update (``torch.utils.flop_counter``) and achieved FLOP/s as a
+fraction of the machine's measured matmul rate (an 8192x256x256 fp32 matmul on the same threads).
+
+    python benchmarks/throughput.py                     # CPU, torch's default threads
+    python benchmarks/throughput.py --device cuda       # on a GPU machine
+    python benchmarks/throughput.py --profile           # where hybridrl's time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hybridrl.core.buffers import TransitionBuffer
+from hybridrl.core.seeding import resolve_device
+from hybridrl.offline.cql import CQL, CQLConfig
+
+OBS_DIM, ACT_DIM = 11, 3  # Hopper
+HIDDEN = (256, 256, 256)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, repeats: int = 30) -> float:
+    """FLOP/s of an 8192x256 by 256x256 fp32 matmul (median of ``repeats``)."""
+    a = torch.randn(8192, 256, device=device)
+    b = torch.randn(256, 256, device=device)
+    for _ in range(5):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        _sync(device)
+        times.append((time.perf_counter() - start) / 10)
+    return 2 * 8192 * 256 * 256 / statistics.median(times)
+
+
+def random_dataset(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    terminals = np.zeros(n, dtype=np.float32)
+    terminals[999::1000] = 1.0  # episode ends; the last row is a timeout
+    return {
+        "observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, size=(n, ACT_DIM)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "next_observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
+        "terminals": terminals,
+    }
+
+
+def time_updates(update, device: torch.device, warmup: int, seconds: float) -> tuple[float, int]:
+    for _ in range(warmup):
+        update()
+    _sync(device)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        update()
+        n += 1
+    _sync(device)
+    return n / (time.perf_counter() - start), n
+
+
+def count_flops(update) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        update()
+    return counter.get_total_flops()
+
+
+def bench_hybridrl(data, device, args) -> dict:
+    config = CQLConfig(hidden=HIDDEN, batch_size=args.batch_size, num_sampled_actions=args.num_sampled_actions)
+    algo = CQL(OBS_DIM, ACT_DIM, config, device)
+    buffer = TransitionBuffer(OBS_DIM, ACT_DIM, device=device, offline=data)
+
+    def update():
+        algo.update(buffer.sample(config.batch_size))
+
+    flops = count_flops(update)
+    ups, n = time_updates(update, device, args.warmup, args.seconds)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(5):
+                update()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return {"updates_per_s": ups, "updates_timed": n, "flops_per_update": flops}
+
+
+def bench_d3rlpy(data, device, args) -> dict:
+    import d3rlpy
+
+    timeouts = np.zeros(len(data["rewards"]), dtype=np.float32)
+    timeouts[-1] = 1.0
+    dataset_terminals = data["terminals"].copy()
+    dataset_terminals[-1] = 0.0
+    dataset = d3rlpy.dataset.MDPDataset(
+        observations=data["observations"], actions=data["actions"], rewards=data["rewards"],
+        terminals=dataset_terminals, timeouts=timeouts,
+    )
+    encoder = d3rlpy.models.VectorEncoderFactory(list(HIDDEN))
+    config = d3rlpy.algos.CQLConfig(
+        actor_encoder_factory=encoder, critic_encoder_factory=encoder, batch_size=args.batch_size,
+        n_action_samples=args.num_sampled_actions, alpha_learning_rate=0.0, conservative_weight=10.0,
+    )
+    device_name = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu:0"
+    algo = config.create(device=device_name)
+    algo.build_with_dataset(dataset)
+    batches = [dataset.sample_transition_batch(args.batch_size) for _ in range(64)]
+    counter = iter(range(10**12))
+
+    def update():
+        algo.update(batches[next(counter) % len(batches)])
+
+    flops = count_flops(update)
+    ups, n = time_updates(update, device, args.warmup, args.seconds)
+    return {"updates_per_s": ups, "updates_timed": n, "flops_per_update": flops,
+            "version": d3rlpy.__version__}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-sampled-actions", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per implementation")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--skip-d3rlpy", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/throughput.json")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = resolve_device(args.device)
+    data = random_dataset(100_000)
+    peak = matmul_rate(device)
+    rows = {"hybridrl": bench_hybridrl(data, device, args)}
+    if not args.skip_d3rlpy:
+        try:
+            rows["d3rlpy"] = bench_d3rlpy(data, device, args)
+        except ImportError:
+            print("d3rlpy is not installed (pip install 'hybridrl[bench]'); reporting hybridrl alone")
+    for row in rows.values():
+        row["flops_per_s"] = row["flops_per_update"] * row["updates_per_s"]
+        row["fraction_of_matmul"] = row["flops_per_s"] / peak
+
+    print(f"device {device} ({platform.processor() or platform.machine()}), threads {torch.get_num_threads()}, "
+          f"matmul 8192x256x256: {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'impl':<10} {'updates/s':>10} {'GFLOP/update':>13} {'GFLOP/s':>9} {'of matmul':>10}")
+    for name, row in rows.items():
+        print(f"{name:<10} {row['updates_per_s']:>10.2f} {row['flops_per_update'] / 1e9:>13.2f} "
+              f"{row['flops_per_s'] / 1e9:>9.1f} {row['fraction_of_matmul']:>9.0%}")
+    if "d3rlpy" in rows:
+        speedup = rows["hybridrl"]["updates_per_s"] / rows["d3rlpy"]["updates_per_s"]
+        print(f"hybridrl / d3rlpy updates per second: {speedup:.2f}x")
+    result = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "matmul_flops_per_s": peak, "batch_size": args.batch_size,
+              "num_sampled_actions": args.num_sampled_actions, "hidden": list(HIDDEN), "results": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Pure loss functions shared by the continuous-control methods.
+
+Tensors in, tensors out: no optimizer, no buffer, no ``.item()``. Ensemble values are (N, B) with
+the member on the first axis (see ``core.nets.EnsembleCritic``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def clipped_double_q_target(reward: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
+                            gamma: float) -> torch.Tensor:
+    """y = r + gamma (1 - d) min_i Q_i(s', a'); next_q is (N, B), the result (B,), no gradient."""
+    return (reward + gamma * (1.0 - terminated) * next_q.min(dim=0).values).detach()
+
+
+def critic_mse_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over ensemble members of each member's mean squared TD error; q (N, B), target (B,)."""
+    return (q - target.unsqueeze(0)).pow(2).mean(dim=1).sum()
+
+
+def sac_actor_loss(log_prob: torch.Tensor, q: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """E_s[alpha log pi(a~|s) - min_i Q_i(s, a~)] with a~ reparameterised; q (N, B), log_prob (B,)."""
+    return (alpha * log_prob - q.min(dim=0).values).mean()
+
+
+def sac_temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """-E[log alpha (log pi + H_target)]: raises alpha when the entropy falls below its target."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+def cql_penalty(q_sampled: torch.Tensor, q_data: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """CQL(H)'s conservative gap per ensemble member.
+
+    T * mean_s logsumexp_k(q_sampled[i, s, k] / T) - mean_s q_data[i, s].
+
+    Args:
+        q_sampled: (N, B, K) Q-values at K proposal actions per state, already corrected by their
+            importance weights (minus log proposal density).
+        q_data: (N, B) Q-values at the dataset actions.
+    Returns:
+        (N,) gap of each member.
+    """
+    pushed_down = temperature * torch.logsumexp(q_sampled / temperature, dim=-1).mean(dim=-1)
+    return pushed_down - q_data.mean(dim=-1)
+
+
+def bc_mse_loss(pred_action: torch.Tensor, data_action: torch.Tensor) -> torch.Tensor:
+    """Deterministic behaviour cloning: mean squared action error."""
+    return F.mse_loss(pred_action, data_action)

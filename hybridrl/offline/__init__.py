@@ -1,0 +1,1 @@
+"""Offline RL methods: one file each (config, pure losses, class, register)."""
