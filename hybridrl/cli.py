@@ -1,0 +1,272 @@
+"""The ``hybridrl`` command: data, train, eval, demo, algos (and ``pref`` for language models).
+
+Thin: it parses, calls the library, prints. Bad input ends with one line on stderr naming the
+problem and the fix, and a non-zero exit code (2 for bad input, 1 for a diverged run).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Offline, hybrid and preference-based policy optimization.")
+data_app = typer.Typer(no_args_is_help=True, help="Make, list and inspect Minari datasets.")
+app.add_typer(data_app, name="data")
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 1
+
+RANDOM_QUALITY = "random"
+SMALL_TRANSITIONS = 20_000
+
+
+def user_errors(fn):
+    """Turn the library's errors about user input into one stderr line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from hybridrl.control.datasets import DatasetError
+        from hybridrl.runners import DivergenceError, RunDirectoryError
+
+        try:
+            return fn(*args, **kwargs)
+        except DivergenceError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(EXIT_DIVERGED) from None
+        except (DatasetError, RunDirectoryError, ValueError, KeyError, FileNotFoundError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper
+
+
+def _dataset_id(task: str, quality: str) -> str:
+    return f"hybridrl/{task}/{quality}-v0"
+
+
+def make_random_dataset(task: str, *, transitions: int, seed: int = 0, overwrite: bool = False) -> str:
+    """Uniform-random rollouts in the real MuJoCo task, written as a Minari dataset."""
+    import numpy as np
+
+    from hybridrl.control import datasets
+    from hybridrl.control.envs import TASKS, env_id_for, make_env
+    from hybridrl.control.scores import d4rl_reference
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
+    env_id = env_id_for(task)
+    dataset_id = _dataset_id(task, RANDOM_QUALITY)
+    rng = np.random.default_rng(seed)
+    env = make_env(task)
+    act_dim = env.action_space.shape[0]
+    env.close()
+    episodes = datasets.collect_episodes(task, lambda obs: rng.uniform(-1.0, 1.0, act_dim),
+                                         transitions=transitions, seed=seed)
+    returns = [float(np.sum(ep["rewards"])) for ep in episodes]
+    ref_min, ref_max = d4rl_reference(task)
+    datasets.write(
+        dataset_id, episodes, env_id=env_id, ref_min_score=ref_min, ref_max_score=ref_max,
+        algorithm_name="uniform-random", overwrite=overwrite,
+        description=f"{transitions} transitions of a uniform random policy in {env_id} (D4RL's random recipe).",
+        extra_metadata={"hybridrl_recipe": RANDOM_QUALITY, "hybridrl_seed": seed,
+                        "hybridrl_measured_return_mean": float(np.mean(returns)),
+                        "hybridrl_reference": "D4RL random/expert returns"},
+    )
+    return dataset_id
+
+
+@data_app.command("list")
+@user_errors
+def data_list() -> None:
+    """List the datasets in the local Minari store and the recipes `data make` offers."""
+    from hybridrl.control.datasets import datasets_root, local_dataset_ids
+    from hybridrl.control.envs import TASKS
+
+    ids = local_dataset_ids()
+    typer.echo(f"local Minari store: {datasets_root()}")
+    for dataset_id in ids:
+        typer.echo(f"  {dataset_id}")
+    if not ids:
+        typer.echo("  (empty)")
+    typer.echo(f"recipes for `hybridrl data make TASK QUALITY`: tasks {', '.join(TASKS)}; qualities {RANDOM_QUALITY}")
+
+
+@data_app.command("make")
+@user_errors
+def data_make(
+    task: Annotated[str, typer.Argument(help="hopper, halfcheetah, walker2d or ant")],
+    quality: Annotated[str, typer.Argument(help="random")],
+    transitions: Annotated[int, typer.Option(help="Transitions to collect (D4RL: 1M).")] = 1_000_000,
+    small: Annotated[bool, typer.Option("--small", help=f"{SMALL_TRANSITIONS} transitions, for demos and tests.")] = False,
+    seed: int = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")] = False,
+) -> None:
+    """Make a dataset from real MuJoCo rollouts and write it to the local Minari store."""
+    if quality != RANDOM_QUALITY:
+        raise ValueError(f"unknown quality {quality!r}: available: {RANDOM_QUALITY}")
+    if transitions <= 0:
+        raise ValueError("--transitions must be positive")
+    dataset_id = make_random_dataset(task, transitions=SMALL_TRANSITIONS if small else transitions,
+                                     seed=seed, overwrite=overwrite)
+    typer.echo(f"wrote {dataset_id}")
+
+
+@data_app.command("info")
+@user_errors
+def data_info(dataset_id: str, download: bool = False) -> None:
+    """Episodes, transitions, return statistics and reference scores of a dataset."""
+    import numpy as np
+
+    from hybridrl.control import datasets
+    from hybridrl.control.scores import normalized_score
+
+    data = datasets.load(dataset_id, download=download)
+    ret = data.episode_returns
+    typer.echo(f"dataset       {dataset_id}")
+    typer.echo(f"environment   {data.env_id}")
+    typer.echo(f"episodes      {len(ret)}")
+    typer.echo(f"transitions   {len(data)} (terminals {int(data.terminals.sum())}, timeouts {int(data.timeouts.sum())})")
+    typer.echo(f"obs/act dims  {data.obs_dim} / {data.act_dim}")
+    typer.echo(f"return        mean {ret.mean():.1f}  std {ret.std():.1f}  min {ret.min():.1f}  max {ret.max():.1f}")
+    if data.ref_scores is not None:
+        norm = normalized_score(ret, *data.ref_scores)
+        typer.echo(f"reference     random {data.ref_scores[0]:.2f}  expert {data.ref_scores[1]:.2f}")
+        typer.echo(f"normalized    mean {np.mean(norm):.1f}  std {np.std(norm):.1f}")
+    else:
+        typer.echo("reference     none stored (normalized scores unavailable)")
+    for key, value in sorted(data.metadata.items()):
+        if key.startswith("hybridrl_"):
+            typer.echo(f"{key[9:]:<13} {value}")
+
+
+@app.command("algos")
+def algos() -> None:
+    """List the registered RL methods."""
+    from hybridrl import registry
+
+    for spec in registry.load_all().values():
+        typer.echo(f"{spec.name:<8} {spec.family:<8} {spec.summary}")
+
+
+@app.command("train")
+@user_errors
+def train(
+    algo: Annotated[str, typer.Argument(help="Method name (see `hybridrl algos`).")],
+    dataset: Annotated[str, typer.Option(help="Minari dataset id, e.g. hybridrl/hopper/random-v0.")],
+    steps: Annotated[int, typer.Option(help="Gradient updates.")] = 1_000_000,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/ALGO-DATASET-sSEED).")] = None,
+    eval_every: int = 5000,
+    eval_episodes: int = 10,
+    log_every: int = 1000,
+    checkpoint_every: int = 10_000,
+    param: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override KEY=VALUE (repeat).")] = None,
+    download: Annotated[bool, typer.Option(help="Download the dataset from Minari's server if missing.")] = False,
+    tensorboard: bool = False,
+    progress: bool = True,
+) -> None:
+    """Train an offline method on a Minari dataset; rerunning the command resumes it."""
+    from hybridrl.core.config import RunConfig
+    from hybridrl.runners import run_offline
+
+    run = RunConfig(steps=steps, seed=seed, device=device, eval_every=eval_every, eval_episodes=eval_episodes,
+                    log_every=log_every, checkpoint_every=checkpoint_every, tensorboard=tensorboard,
+                    progress=progress)
+    result = run_offline(algo, dataset, run, out_dir=out, overrides=param or [], download=download)
+    score = result["normalized_score"]
+    typer.echo(f"{result['algo']} on {dataset}: return {result['return_mean']:.1f}"
+               + (f", normalized score {score:.1f}" if score is not None else "") + f" ({result['out_dir']})")
+
+
+@app.command("eval")
+@user_errors
+def eval_run(
+    run_dir: Path,
+    episodes: int = 10,
+    seed: int = 20_000,
+    device: str = "auto",
+) -> None:
+    """Evaluate the last checkpoint of a run directory."""
+    import torch
+
+    from hybridrl.control.evaluate import evaluate
+    from hybridrl.control.scores import d4rl_reference
+    from hybridrl.runners import load_trained
+
+    algo, config = load_trained(run_dir, device)
+    try:
+        from hybridrl.control.datasets import load
+
+        ref = load(config["dataset"]).ref_scores
+    except (ValueError, FileNotFoundError):
+        ref = d4rl_reference(config["env_id"])
+    dev = next(iter(algo.actor.parameters())).device
+
+    def act(obs):
+        return algo.act(torch.as_tensor(obs, device=dev)).cpu().numpy()
+
+    result = evaluate(act, config["env_id"], episodes=episodes, seed=seed, ref_scores=ref)
+    line = f"{config['algo']} ({run_dir}): return {result.mean:.1f} ± {result.std:.1f}"
+    if result.normalized_mean is not None:
+        line += f", normalized {result.normalized_mean:.1f} ± {result.normalized_std:.1f}"
+    typer.echo(line)
+
+
+@app.command("demo")
+@user_errors
+def demo(
+    task: str = "hopper",
+    transitions: int = SMALL_TRANSITIONS,
+    bc_steps: int = 5000,
+    cql_steps: int = 3000,
+    seed: int = 0,
+    device: str = "auto",
+    out: Path = Path("runs/demo"),
+) -> None:
+    """Make a small dataset from real MuJoCo rollouts, train BC and CQL, print their scores."""
+    from hybridrl.control.datasets import local_dataset_ids
+    from hybridrl.core.config import RunConfig
+    from hybridrl.runners import run_offline
+
+    dataset_id = _dataset_id(task, RANDOM_QUALITY)
+    if dataset_id not in local_dataset_ids():
+        typer.echo(f"making {dataset_id} ({transitions} transitions of real {task} rollouts)")
+        make_random_dataset(task, transitions=transitions, seed=seed)
+    rows = []
+    for algo, steps in (("bc", bc_steps), ("cql", cql_steps)):
+        run = RunConfig(steps=steps, seed=seed, device=device, eval_every=0, log_every=min(500, steps),
+                        checkpoint_every=max(steps // 4, 1))
+        result = run_offline(algo, dataset_id, run, out_dir=out / f"{algo}-s{seed}")
+        rows.append((algo, steps, result))
+    typer.echo(f"\n{'method':<8} {'updates':>8} {'return':>16} {'normalized score':>18}   ({dataset_id}, 10 episodes)")
+    for algo, steps, result in rows:
+        ev = result["eval"]
+        typer.echo(f"{algo:<8} {steps:>8} {ev['mean']:>8.1f} ± {ev['std']:<6.1f} "
+                   f"{ev['normalized_mean']:>9.1f} ± {ev['normalized_std']:<6.1f}")
+
+
+def _mount_optional() -> None:
+    """Mount the language-model commands when their module is there (it imports no heavy library)."""
+    try:
+        from hybridrl.preference.cli import app as pref_app
+    except ImportError:
+        return
+    app.add_typer(pref_app, name="pref")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
