@@ -158,7 +158,8 @@ def algos() -> None:
 @user_errors
 def train(
     algo: Annotated[str, typer.Argument(help="Method name (see `hybridrl algos`).")],
-    dataset: Annotated[str, typer.Option(help="Minari dataset id, e.g. hybridrl/hopper/random-v0.")],
+    dataset: Annotated[str | None, typer.Option(help="Minari dataset id (offline methods), e.g. hybridrl/hopper/random-v0.")] = None,
+    env: Annotated[str | None, typer.Option(help="Task for online methods: hopper, halfcheetah, walker2d or a Gymnasium id.")] = None,
     steps: Annotated[int, typer.Option(help="Gradient updates.")] = 1_000_000,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -172,16 +173,21 @@ def train(
     tensorboard: bool = False,
     progress: bool = True,
 ) -> None:
-    """Train an offline method on a Minari dataset; rerunning the command resumes it."""
+    """Train a method (offline: --dataset; online: --env); rerunning the command resumes it."""
     from hybridrl.core.config import RunConfig
-    from hybridrl.runners import run_offline
+    from hybridrl.runners import run_offline, run_online
 
     run = RunConfig(steps=steps, seed=seed, device=device, eval_every=eval_every, eval_episodes=eval_episodes,
                     log_every=log_every, checkpoint_every=checkpoint_every, tensorboard=tensorboard,
                     progress=progress)
-    result = run_offline(algo, dataset, run, out_dir=out, overrides=param or [], download=download)
+    if (dataset is None) == (env is None):
+        raise ValueError("give exactly one of --dataset (offline methods) or --env (online methods)")
+    if dataset is not None:
+        result = run_offline(algo, dataset, run, out_dir=out, overrides=param or [], download=download)
+    else:
+        result = run_online(algo, env, run, out_dir=out, overrides=param or [])
     score = result["normalized_score"]
-    typer.echo(f"{result['algo']} on {dataset}: return {result['return_mean']:.1f}"
+    typer.echo(f"{result['algo']} on {dataset or result['env_id']}: return {result['return_mean']:.1f}"
                + (f", normalized score {score:.1f}" if score is not None else "") + f" ({result['out_dir']})")
 
 

@@ -50,6 +50,7 @@ ALGORITHMS: dict[str, AlgoSpec] = {}
 _MODULES = (
     "hybridrl.offline.bc",
     "hybridrl.offline.cql",
+    "hybridrl.online.sac",
 )
 
 

@@ -1,0 +1,1 @@
+"""Online RL methods (the reference for offline-vs-online comparisons)."""

@@ -1,0 +1,116 @@
+r"""Soft Actor-Critic (Haarnoja et al., 2018, arXiv 1801.01290 and 1812.05905), automatic temperature.
+
+Critics:  E[(Q_i(s,a) - y)^2],  y = r + gamma (1 - d) (min_i Qbar_i(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
+Actor:    E_s[alpha log pi(a~|s) - min_i Q_i(s, a~)]
+Alpha:    -E[log alpha (log pi(a~|s) + H_target)],  H_target = -|A|
+
+Defaults are the paper's (v2, Table 1): Adam 3e-4 for all three, 2x256 networks, batch 256,
+gamma 0.99, tau 0.005, one update per environment step; the first ``learning_starts`` steps act
+uniformly at random (CleanRL's 5000).
+
+Deviations from the reference code:
+- All three losses are computed from the parameters before the step and applied in one backward
+  pass (the actor's Q uses detached critic weights), as CQL does here; the reference steps the critic
+  first and evaluates the actor loss with the updated critic.
+- The two critics are one vectorized ensemble (one batched matmul per layer).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from hybridrl.core.buffers import Batch
+from hybridrl.core.losses import clipped_double_q_target, critic_mse_loss, sac_actor_loss, sac_temperature_loss
+from hybridrl.core.nets import EnsembleCritic, TanhGaussianActor, soft_update_
+from hybridrl.registry import AlgoSpec, register
+
+
+@dataclass(frozen=True, kw_only=True)
+class SACConfig:
+    """SAC hyperparameters (Haarnoja et al. 2018, v2 Table 1)."""
+
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 5e-3
+    hidden: tuple[int, ...] = (256, 256)
+    num_critics: int = 2
+    target_entropy: float | None = None
+    """None: -|A|."""
+    initial_alpha: float = 1.0
+    learning_starts: int = 5000
+    """Uniform-random steps before the first update (CleanRL's default)."""
+    buffer_size: int = 1_000_000
+
+
+class SAC:
+    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig = SACConfig(),
+                 device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden).to(self.device)
+        self.critic = EnsembleCritic(obs_dim, act_dim, config.hidden, config.num_critics).to(self.device)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(config.initial_alpha), device=self.device, requires_grad=True)
+        self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self.steps = 0
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_action, next_logp = self.actor(batch.next_obs)
+            next_q = self.target_critic(batch.next_obs, next_action) - alpha * next_logp
+            td_target = clipped_double_q_target(batch.reward, batch.terminated, next_q, cfg.gamma)
+        q = self.critic(batch.obs, batch.action)
+        critic_loss = critic_mse_loss(q, td_target)
+        new_action, logp = self.actor(batch.obs)
+        actor_loss = sac_actor_loss(logp, self.critic(batch.obs, new_action, detach_params=True), alpha)
+        alpha_loss = sac_temperature_loss(self.log_alpha, logp, self.target_entropy)
+
+        optims = (self.actor_optim, self.critic_optim, self.alpha_optim)
+        for optim in optims:
+            optim.zero_grad(set_to_none=True)
+        (critic_loss + actor_loss + alpha_loss).backward()
+        for optim in optims:
+            optim.step()
+        soft_update_(self.target_critic, self.critic, cfg.tau)
+        self.steps += 1
+        return {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(),
+                "loss/alpha": alpha_loss.detach(), "alpha": alpha, "entropy": -logp.detach().mean(),
+                "q/data": q.detach().mean()}
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, *, deterministic: bool = True) -> torch.Tensor:
+        return self.actor.act(obs, deterministic=deterministic)
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
+            "alpha_optim": self.alpha_optim.state_dict(), "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        for name in ("actor_optim", "critic_optim", "alpha_optim"):
+            getattr(self, name).load_state_dict(state[name])
+        self.steps = state["steps"]
+
+
+register(AlgoSpec(name="sac", family="online", config=SACConfig, build=SAC,
+                  summary="Soft Actor-Critic with automatic temperature (Haarnoja et al. 2018)"))

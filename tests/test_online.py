@@ -1,0 +1,54 @@
+"""The online loop (SAC): exact resume after a crash, episode seeding, CLI wiring."""
+
+import json
+
+import pytest
+import torch
+
+from hybridrl.core.checkpoint import load_checkpoint
+from hybridrl.core.config import RunConfig
+from hybridrl.runners import run_online
+
+TINY_SAC = {"hidden": "16,16", "batch_size": "32", "learning_starts": "50"}
+
+
+class Crash(Exception):
+    pass
+
+
+def test_online_run_resumes_after_a_crash_to_identical_parameters(tmp_path):
+    run = RunConfig(steps=300, seed=3, device="cpu", eval_every=0, eval_episodes=2, log_every=50,
+                    checkpoint_every=100, progress=False)
+    run_online("sac", "hopper", run, out_dir=tmp_path / "straight", overrides=TINY_SAC)
+
+    def crash_after_first_checkpoint(step, episode_return):
+        if (tmp_path / "crashed" / "checkpoint.pt").exists() and step > 150:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_online("sac", "hopper", run, out_dir=tmp_path / "crashed", overrides=TINY_SAC,
+                   on_episode=crash_after_first_checkpoint)
+    assert 100 <= load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["step"] < 300
+    run_online("sac", "hopper", run, out_dir=tmp_path / "crashed", overrides=TINY_SAC)
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")
+    for part in ("actor", "critic", "target_critic"):
+        for key in a["algo"][part]:
+            assert torch.equal(a["algo"][part][key], b["algo"][part][key]), f"{part}.{key}"
+    ra = json.loads((tmp_path / "straight" / "results.json").read_text())
+    rb = json.loads((tmp_path / "crashed" / "results.json").read_text())
+    assert ra == rb
+
+
+def test_online_method_refuses_a_dataset_and_offline_refuses_an_env(tmp_path):
+    from typer.testing import CliRunner
+
+    from hybridrl.cli import app
+
+    result = CliRunner().invoke(app, ["train", "sac", "--dataset", "x/y/z-v0"])
+    assert result.exit_code == 2 and "online method" in result.stderr
+    result = CliRunner().invoke(app, ["train", "cql", "--env", "hopper"])
+    assert result.exit_code == 2 and "offline method" in result.stderr
+    result = CliRunner().invoke(app, ["train", "sac", "--env", "pong"])
+    assert result.exit_code == 2 and "unknown task 'pong'" in result.stderr
