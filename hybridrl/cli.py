@@ -21,8 +21,7 @@ app.add_typer(data_app, name="data")
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 1
 
-RANDOM_QUALITY = "random"
-SMALL_TRANSITIONS = 20_000
+DEMO_TRANSITIONS = 20_000
 
 
 def user_errors(fn):
@@ -46,47 +45,12 @@ def user_errors(fn):
     return wrapper
 
 
-def _dataset_id(task: str, quality: str) -> str:
-    return f"hybridrl/{task}/{quality}-v0"
-
-
-def make_random_dataset(task: str, *, transitions: int, seed: int = 0, overwrite: bool = False) -> str:
-    """Uniform-random rollouts in the real MuJoCo task, written as a Minari dataset."""
-    import numpy as np
-
-    from hybridrl.control import datasets
-    from hybridrl.control.envs import TASKS, env_id_for, make_env
-    from hybridrl.control.scores import d4rl_reference
-
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
-    env_id = env_id_for(task)
-    dataset_id = _dataset_id(task, RANDOM_QUALITY)
-    rng = np.random.default_rng(seed)
-    env = make_env(task)
-    act_dim = env.action_space.shape[0]
-    env.close()
-    episodes = datasets.collect_episodes(task, lambda obs: rng.uniform(-1.0, 1.0, act_dim),
-                                         transitions=transitions, seed=seed)
-    returns = [float(np.sum(ep["rewards"])) for ep in episodes]
-    ref_min, ref_max = d4rl_reference(task)
-    datasets.write(
-        dataset_id, episodes, env_id=env_id, ref_min_score=ref_min, ref_max_score=ref_max,
-        algorithm_name="uniform-random", overwrite=overwrite,
-        description=f"{transitions} transitions of a uniform random policy in {env_id} (D4RL's random recipe).",
-        extra_metadata={"hybridrl_recipe": RANDOM_QUALITY, "hybridrl_seed": seed,
-                        "hybridrl_measured_return_mean": float(np.mean(returns)),
-                        "hybridrl_reference": "D4RL random/expert returns"},
-    )
-    return dataset_id
-
-
 @data_app.command("list")
 @user_errors
 def data_list() -> None:
     """List the datasets in the local Minari store and the recipes `data make` offers."""
     from hybridrl.control.datasets import datasets_root, local_dataset_ids
-    from hybridrl.control.envs import TASKS
+    from hybridrl.factory import FACTORY_TASKS, QUALITIES
 
     ids = local_dataset_ids()
     typer.echo(f"local Minari store: {datasets_root()}")
@@ -94,26 +58,34 @@ def data_list() -> None:
         typer.echo(f"  {dataset_id}")
     if not ids:
         typer.echo("  (empty)")
-    typer.echo(f"recipes for `hybridrl data make TASK QUALITY`: tasks {', '.join(TASKS)}; qualities {RANDOM_QUALITY}")
+    typer.echo(f"recipes for `hybridrl data make TASK QUALITY`: tasks {', '.join(FACTORY_TASKS)}; "
+               f"qualities {', '.join(QUALITIES)}")
 
 
 @data_app.command("make")
 @user_errors
 def data_make(
-    task: Annotated[str, typer.Argument(help="hopper, halfcheetah, walker2d or ant")],
-    quality: Annotated[str, typer.Argument(help="random")],
-    transitions: Annotated[int, typer.Option(help="Transitions to collect (D4RL: 1M).")] = 1_000_000,
-    small: Annotated[bool, typer.Option("--small", help=f"{SMALL_TRANSITIONS} transitions, for demos and tests.")] = False,
+    task: Annotated[str, typer.Argument(help="hopper, halfcheetah or walker2d")],
+    quality: Annotated[str, typer.Argument(help="random, medium, medium-replay, expert or medium-expert")],
+    small: Annotated[bool, typer.Option("--small", help="Laptop preset: 100k transitions, SAC for 300k steps.")] = False,
+    transitions: Annotated[int | None, typer.Option(help="Transitions per rolled-out dataset (D4RL: 1M).")] = None,
+    sac_steps: Annotated[int | None, typer.Option(help="SAC environment steps for the expert policy.")] = None,
     seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (SAC training).")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")] = False,
+    progress: bool = True,
 ) -> None:
-    """Make a dataset from real MuJoCo rollouts and write it to the local Minari store."""
-    if quality != RANDOM_QUALITY:
-        raise ValueError(f"unknown quality {quality!r}: available: {RANDOM_QUALITY}")
-    if transitions <= 0:
+    """Make a D4RL-style dataset from real MuJoCo rollouts into the local Minari store.
+
+    Behaviour policies are trained with SAC once and reused; an interrupted command resumes.
+    """
+    from hybridrl.factory import factory_config, make_dataset
+
+    if transitions is not None and transitions <= 0:
         raise ValueError("--transitions must be positive")
-    dataset_id = make_random_dataset(task, transitions=SMALL_TRANSITIONS if small else transitions,
-                                     seed=seed, overwrite=overwrite)
+    config = factory_config(small, transitions=transitions, sac_steps=sac_steps)
+    dataset_id = make_dataset(task, quality, config=config, seed=seed, device=device, overwrite=overwrite,
+                              progress=progress)
     typer.echo(f"wrote {dataset_id}")
 
 
@@ -229,7 +201,7 @@ def eval_run(
 @user_errors
 def demo(
     task: str = "hopper",
-    transitions: int = SMALL_TRANSITIONS,
+    transitions: int = DEMO_TRANSITIONS,
     bc_steps: int = 5000,
     cql_steps: int = 3000,
     seed: int = 0,
@@ -239,12 +211,13 @@ def demo(
     """Make a small dataset from real MuJoCo rollouts, train BC and CQL, print their scores."""
     from hybridrl.control.datasets import local_dataset_ids
     from hybridrl.core.config import RunConfig
+    from hybridrl.factory import FactoryConfig, dataset_id as factory_dataset_id, make_dataset
     from hybridrl.runners import run_offline
 
-    dataset_id = _dataset_id(task, RANDOM_QUALITY)
+    dataset_id = factory_dataset_id(task, "random")
     if dataset_id not in local_dataset_ids():
         typer.echo(f"making {dataset_id} ({transitions} transitions of real {task} rollouts)")
-        make_random_dataset(task, transitions=transitions, seed=seed)
+        make_dataset(task, "random", config=FactoryConfig(transitions=transitions, preset="demo"), seed=seed)
     rows = []
     for algo, steps in (("bc", bc_steps), ("cql", cql_steps)):
         run = RunConfig(steps=steps, seed=seed, device=device, eval_every=0, log_every=min(500, steps),

@@ -202,14 +202,15 @@ def train_online(algo: registry.Algorithm, task: str, run: RunConfig, out_dir: P
                  learning_starts: int, buffer_size: int, config: dict[str, Any],
                  evaluate_fn: Callable[[Callable[[np.ndarray], np.ndarray]], EvalResult] | None = None,
                  device: torch.device | str = "cpu", desc: str = "train",
-                 on_episode: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+                 on_eval: Callable[[int, registry.Algorithm, TransitionBuffer], None] | None = None,
+                 ) -> dict[str, Any]:
     """Online training: one environment step and (after ``learning_starts``) one update per step.
 
     The first ``learning_starts`` actions are uniform random. Episode i of the run is reset with
     seed ``run.seed * 1_000_000 + i``, and checkpoints are taken at the first episode end after each
     ``checkpoint_every`` steps, so a resumed run replays exactly the steps an uninterrupted run takes.
-    ``on_episode(step, episode_return)`` is called after each episode (the factory stops on it by
-    raising StopTraining).
+    ``on_eval(step, algo, buffer)`` is called at every evaluation step (the dataset factory snapshots
+    behaviour policies with it, and may stop the run by raising an exception).
     """
     from hybridrl.control.envs import make_env
 
@@ -253,14 +254,15 @@ def train_online(algo: registry.Algorithm, task: str, run: RunConfig, out_dir: P
                 if step % run.log_every == 0:
                     recent = {"train/episode_return": float(np.mean(episode_returns[-10:]))} if episode_returns else {}
                     r.flush_metrics(step, recent)
-                if evaluate_fn is not None and _eval_due(run, step):
-                    final_eval = evaluate_fn(_act_fn(algo, device))
-                    _log_eval(r, step, final_eval)
+                if _eval_due(run, step):
+                    if evaluate_fn is not None:
+                        final_eval = evaluate_fn(_act_fn(algo, device))
+                        _log_eval(r, step, final_eval)
+                    if on_eval is not None:
+                        on_eval(step, algo, buffer)
                 if terminated or truncated:
                     episode += 1
                     episode_returns.append(episode_return)
-                    if on_episode is not None:
-                        on_episode(step, episode_return)
                     episode_return = 0.0
                     obs, _ = env.reset(seed=run.seed * 1_000_000 + episode)
                     if step >= next_checkpoint and step < run.steps:
@@ -318,7 +320,7 @@ def run_offline(algo_name: str, dataset_id: str, run: RunConfig, *, out_dir: Pat
 
 
 def run_online(algo_name: str, task: str, run: RunConfig, *, out_dir: Path | None = None,
-               overrides: list[str] | dict[str, Any] | None = None, on_episode=None) -> dict[str, Any]:
+               overrides: list[str] | dict[str, Any] | None = None, on_eval=None) -> dict[str, Any]:
     """Build an online method from the registry and train it in a MuJoCo task."""
     from hybridrl.control.envs import env_id_for, make_env
     from hybridrl.control.evaluate import evaluate
@@ -346,7 +348,7 @@ def run_online(algo_name: str, task: str, run: RunConfig, *, out_dir: Path | Non
     results = train_online(algo, env_id, run, out_dir, batch_size=algo_config.batch_size,
                            learning_starts=algo_config.learning_starts, buffer_size=algo_config.buffer_size,
                            config=config, evaluate_fn=evaluate_fn, device=device, desc=f"{spec.name} {env_id}",
-                           on_episode=on_episode)
+                           on_eval=on_eval)
     return {**results, "out_dir": str(out_dir), "algo": spec.name, "env_id": env_id}
 
 

@@ -14,9 +14,10 @@ def minari_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("minari")
     mp = pytest.MonkeyPatch()
     mp.setenv("MINARI_DATASETS_PATH", str(root))
-    from hybridrl.cli import make_random_dataset
+    mp.setenv("HYBRIDRL_HOME", str(root / "home"))
+    from hybridrl.factory import FactoryConfig, make_dataset
 
-    make_random_dataset("hopper", transitions=1000, seed=0)
+    make_dataset("hopper", "random", config=FactoryConfig(transitions=1000, preset="test"))
     yield root
     mp.undo()
 

@@ -17,17 +17,17 @@ class Crash(Exception):
 
 
 def test_online_run_resumes_after_a_crash_to_identical_parameters(tmp_path):
-    run = RunConfig(steps=300, seed=3, device="cpu", eval_every=0, eval_episodes=2, log_every=50,
+    run = RunConfig(steps=300, seed=3, device="cpu", eval_every=60, eval_episodes=2, log_every=50,
                     checkpoint_every=100, progress=False)
     run_online("sac", "hopper", run, out_dir=tmp_path / "straight", overrides=TINY_SAC)
 
-    def crash_after_first_checkpoint(step, episode_return):
-        if (tmp_path / "crashed" / "checkpoint.pt").exists() and step > 150:
+    def crash_after_first_checkpoint(step, algo, buffer):
+        if (tmp_path / "crashed" / "checkpoint.pt").exists():
             raise Crash
 
     with pytest.raises(Crash):
         run_online("sac", "hopper", run, out_dir=tmp_path / "crashed", overrides=TINY_SAC,
-                   on_episode=crash_after_first_checkpoint)
+                   on_eval=crash_after_first_checkpoint)
     assert 100 <= load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["step"] < 300
     run_online("sac", "hopper", run, out_dir=tmp_path / "crashed", overrides=TINY_SAC)
 
