@@ -67,7 +67,7 @@ def data_list() -> None:
 def data_make(
     task: Annotated[str, typer.Argument(help="hopper, halfcheetah or walker2d")],
     quality: Annotated[str, typer.Argument(help="random, medium, medium-replay, expert or medium-expert")],
-    small: Annotated[bool, typer.Option("--small", help="Laptop preset: 100k transitions, SAC for 300k steps.")] = False,
+    small: Annotated[bool, typer.Option("--small", help="Laptop preset: 100k transitions, 300k SAC steps.")] = False,
     transitions: Annotated[int | None, typer.Option(help="Transitions per rolled-out dataset (D4RL: 1M).")] = None,
     sac_steps: Annotated[int | None, typer.Option(help="SAC environment steps for the expert policy.")] = None,
     seed: int = 0,
@@ -103,7 +103,8 @@ def data_info(dataset_id: str, download: bool = False) -> None:
     typer.echo(f"dataset       {dataset_id}")
     typer.echo(f"environment   {data.env_id}")
     typer.echo(f"episodes      {len(ret)}")
-    typer.echo(f"transitions   {len(data)} (terminals {int(data.terminals.sum())}, timeouts {int(data.timeouts.sum())})")
+    ends = f"terminals {int(data.terminals.sum())}, timeouts {int(data.timeouts.sum())}"
+    typer.echo(f"transitions   {len(data)} ({ends})")
     typer.echo(f"obs/act dims  {data.obs_dim} / {data.act_dim}")
     typer.echo(f"return        mean {ret.mean():.1f}  std {ret.std():.1f}  min {ret.min():.1f}  max {ret.max():.1f}")
     if data.ref_scores is not None:
@@ -130,8 +131,8 @@ def algos() -> None:
 @user_errors
 def train(
     algo: Annotated[str, typer.Argument(help="Method name (see `hybridrl algos`).")],
-    dataset: Annotated[str | None, typer.Option(help="Minari dataset id (offline methods), e.g. hybridrl/hopper/random-v0.")] = None,
-    env: Annotated[str | None, typer.Option(help="Task for online methods: hopper, halfcheetah, walker2d or a Gymnasium id.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Minari dataset id (offline methods).")] = None,
+    env: Annotated[str | None, typer.Option(help="Task of online methods: hopper, walker2d, a Gymnasium id...")] = None,
     steps: Annotated[int, typer.Option(help="Gradient updates.")] = 1_000_000,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -140,7 +141,7 @@ def train(
     eval_episodes: int = 10,
     log_every: int = 1000,
     checkpoint_every: int = 10_000,
-    param: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override KEY=VALUE (repeat).")] = None,
+    param: Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter: KEY=VALUE.")] = None,
     download: Annotated[bool, typer.Option(help="Download the dataset from Minari's server if missing.")] = False,
     tensorboard: bool = False,
     progress: bool = True,
@@ -211,7 +212,8 @@ def demo(
     """Make a small dataset from real MuJoCo rollouts, train BC and CQL, print their scores."""
     from hybridrl.control.datasets import local_dataset_ids
     from hybridrl.core.config import RunConfig
-    from hybridrl.factory import FactoryConfig, dataset_id as factory_dataset_id, make_dataset
+    from hybridrl.factory import FactoryConfig, make_dataset
+    from hybridrl.factory import dataset_id as factory_dataset_id
     from hybridrl.runners import run_offline
 
     dataset_id = factory_dataset_id(task, "random")

@@ -116,7 +116,8 @@ def _threshold(task: str, config: FactoryConfig) -> float:
 def _stochastic(actor: torch.nn.Module, device: torch.device):
     def act(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic=False).cpu().numpy()
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            return actor.act(obs_t, deterministic=False).cpu().numpy()
 
     return act
 

@@ -283,6 +283,11 @@ def _diverged_message(step: int, what: str, last_good: int | None, out_dir: Path
             "lower the learning rates or check the dataset for outliers")
 
 
+def _run_record(run: RunConfig) -> dict[str, Any]:
+    """The run settings that define a run; device and progress bar may change on resume."""
+    return {k: v for k, v in to_dict(run).items() if k not in ("device", "progress")}
+
+
 def default_run_dir(algo: str, dataset_id: str, seed: int) -> Path:
     return Path("runs") / f"{algo}-{dataset_id.replace('/', '_')}-s{seed}"
 
@@ -302,8 +307,8 @@ def run_offline(algo_name: str, dataset_id: str, run: RunConfig, *, out_dir: Pat
         raise datasets.DatasetError(f"dataset {dataset_id!r} records no environment: cannot evaluate policies on it")
     device = resolve_device(run.device)
     out_dir = Path(out_dir) if out_dir is not None else default_run_dir(spec.name, dataset_id, run.seed)
-    config = {"algo": spec.name, "algo_config": to_dict(algo_config), "dataset": dataset_id,
-              "env_id": data.env_id, "obs_dim": data.obs_dim, "act_dim": data.act_dim, "run": {k: v for k, v in to_dict(run).items() if k not in ("device", "progress")}}
+    config = {"algo": spec.name, "algo_config": to_dict(algo_config), "dataset": dataset_id, "env_id": data.env_id,
+              "obs_dim": data.obs_dim, "act_dim": data.act_dim, "run": _run_record(run)}
 
     seed_everything(run.seed)
     algo = spec.build(data.obs_dim, data.act_dim, algo_config, device)
@@ -337,7 +342,7 @@ def run_online(algo_name: str, task: str, run: RunConfig, *, out_dir: Path | Non
     device = resolve_device(run.device)
     out_dir = Path(out_dir) if out_dir is not None else default_run_dir(spec.name, env_id, run.seed)
     config = {"algo": spec.name, "algo_config": to_dict(algo_config), "env_id": env_id, "obs_dim": obs_dim,
-              "act_dim": act_dim, "run": {k: v for k, v in to_dict(run).items() if k not in ("device", "progress")}}
+              "act_dim": act_dim, "run": _run_record(run)}
     seed_everything(run.seed)
     algo = spec.build(obs_dim, act_dim, algo_config, device)
     ref = d4rl_reference(env_id)

@@ -83,7 +83,8 @@ def test_cql_each_loss_reaches_only_its_parameters():
     batch = tiny_buffer().sample(16)
     new_action, logp = algo.actor(batch.obs)
     # Actor loss: gradient to the actor only.
-    sac_actor_loss(logp, algo.critic(batch.obs, new_action, detach_params=True), algo.log_alpha.exp().detach()).backward()
+    q_new = algo.critic(batch.obs, new_action, detach_params=True)
+    sac_actor_loss(logp, q_new, algo.log_alpha.exp().detach()).backward()
     assert all(p.grad is None for p in algo.critic.parameters())
     assert algo.log_alpha.grad is None
     assert any(p.grad is not None for p in algo.actor.parameters())

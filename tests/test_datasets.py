@@ -57,7 +57,7 @@ def test_empty_dataset_and_inconsistent_sizes():
 
 
 def test_unknown_and_malformed_ids(store):
-    with pytest.raises(DatasetError, match="unknown dataset 'hybridrl/hopper/nothing-v0'.*hybridrl data make"):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'hybridrl/hopper/nothing-v0'.*hybridrl data make"):
         datasets.load("hybridrl/hopper/nothing-v0")
     with pytest.raises(DatasetError, match="malformed dataset id"):
         datasets.load(" bad id")

@@ -104,5 +104,5 @@ def test_interrupted_make_resumes_to_the_same_dataset(tmp_path):
 def test_unknown_task_and_quality_in_the_library():
     with pytest.raises(ValueError, match="unknown task 'ant'"):
         make_dataset("ant", "medium")
-    with pytest.raises(ValueError, match="unknown quality 'mediocre'.*medium-replay"):
+    with pytest.raises(ValueError, match=r"unknown quality 'mediocre'.*medium-replay"):
         make_dataset("hopper", "mediocre")

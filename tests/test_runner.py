@@ -96,7 +96,8 @@ def tiny_buffer():
 
 def test_nan_guard_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     run = RunConfig(steps=100, log_every=5, checkpoint_every=10, eval_every=0, progress=False)
-    with pytest.raises(DivergenceError, match=r"diverged at step 25 \(loss is NaN/inf\).*last good checkpoint \(step 20\)"):
+    expected = r"diverged at step 25 \(loss is NaN/inf\).*last good checkpoint \(step 20\)"
+    with pytest.raises(DivergenceError, match=expected):
         train_offline(ExplodingAlgo(nan_at=23), tiny_buffer(), run, tmp_path, batch_size=4, config={"a": 1})
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == 20 and torch.isfinite(state["algo"]["weight"]).all()

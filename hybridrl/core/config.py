@@ -47,9 +47,9 @@ def _convert(value: Any, annotation: Any, name: str) -> Any:
             raise ValueError(f"{name} must be one of {list(args)}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.lower() == "none")
+        if is_none and type(None) in args:
+            return None
         errors = []
         for arg in args:
             if arg is type(None):

@@ -6,6 +6,7 @@ pass of all members is one batched matmul (``torch.baddbmm``), never a Python lo
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], *, layer_norm: bool = 
     """Plain ReLU MLP; ``layer_norm`` puts a LayerNorm after each hidden linear layer."""
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden]
-    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+    for d_in, d_out in itertools.pairwise(dims):
         layers.append(nn.Linear(d_in, d_out))
         if layer_norm:
             layers.append(nn.LayerNorm(d_out))
@@ -60,7 +61,7 @@ class EnsembleCritic(nn.Module):
         super().__init__()
         dims = [obs_dim + act_dim, *hidden, 1]
         self.layers = nn.ModuleList(
-            EnsembleLinear(d_in, d_out, ensemble_size) for d_in, d_out in zip(dims[:-1], dims[1:], strict=True)
+            EnsembleLinear(d_in, d_out, ensemble_size) for d_in, d_out in itertools.pairwise(dims)
         )
         self.ensemble_size = ensemble_size
 
