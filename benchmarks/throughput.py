@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hybridrl.core.buffers import TransitionBuffer
+from hybridrl.core.runtime import keep_freed_memory
 from hybridrl.core.seeding import resolve_device
 from hybridrl.offline.cql import CQL, CQLConfig
 
@@ -150,11 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--skip-d3rlpy", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's thresholds alone (the training loops raise them for both libraries)")
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator_tuned = False if args.default_allocator else keep_freed_memory()
     torch.manual_seed(0)
     device = resolve_device(args.device)
     data = random_dataset(100_000)
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["fraction_of_matmul"] = row["flops_per_s"] / peak
 
     print(f"device {device} ({platform.processor() or platform.machine()}), threads {torch.get_num_threads()}, "
-          f"matmul 8192x256x256: {peak / 1e9:.1f} GFLOP/s")
+          f"matmul 8192x256x256: {peak / 1e9:.1f} GFLOP/s, glibc thresholds raised: {allocator_tuned}")
     print(f"{'impl':<10} {'updates/s':>10} {'GFLOP/update':>13} {'GFLOP/s':>9} {'of matmul':>10}")
     for name, row in rows.items():
         print(f"{name:<10} {row['updates_per_s']:>10.2f} {row['flops_per_update'] / 1e9:>13.2f} "
@@ -180,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"hybridrl / d3rlpy updates per second: {speedup:.2f}x")
     result = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "matmul_flops_per_s": peak, "batch_size": args.batch_size,
-              "num_sampled_actions": args.num_sampled_actions, "hidden": list(HIDDEN), "results": rows}
+              "num_sampled_actions": args.num_sampled_actions, "hidden": list(HIDDEN),
+              "allocator_tuned": allocator_tuned, "results": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

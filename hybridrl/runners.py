@@ -30,6 +30,7 @@ from hybridrl.core.buffers import TransitionBuffer
 from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkpoint
 from hybridrl.core.config import RunConfig, from_dict, to_dict, with_overrides
 from hybridrl.core.logging import MetricsLogger
+from hybridrl.core.runtime import keep_freed_memory
 from hybridrl.core.seeding import resolve_device, rng_state, seed_everything, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
@@ -82,6 +83,7 @@ class _Run:
         _claim_run_dir(self.out_dir, config)
         self.run = run
         self.desc = desc
+        keep_freed_memory()
         self.finished = (json.loads((self.out_dir / RESULTS).read_text())
                          if (self.out_dir / RESULTS).exists() else None)
         # RNG and generator states must stay CPU tensors; modules copy onto their device.

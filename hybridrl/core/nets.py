@@ -23,7 +23,8 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], *, layer_norm: bool = 
         layers.append(nn.Linear(d_in, d_out))
         if layer_norm:
             layers.append(nn.LayerNorm(d_out))
-        layers.append(nn.ReLU())
+        # In place: the linear layer's backward needs its input, not its output.
+        layers.append(nn.ReLU(inplace=True))
     layers.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*layers)
 
@@ -70,7 +71,8 @@ class EnsembleCritic(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
         for layer in self.layers[:-1]:
-            x = F.relu(layer(x, detach_params=detach_params))
+            # In place saves allocating (and page-faulting) a fresh (N, rows, hidden) tensor per layer.
+            x = F.relu(layer(x, detach_params=detach_params), inplace=True)
         return self.layers[-1](x, detach_params=detach_params).squeeze(-1)
 
 
