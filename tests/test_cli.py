@@ -84,6 +84,46 @@ def test_nan_in_a_dataset_on_disk(tmp_path, monkeypatch):
     assert_one_line_error(result, EXIT_BAD_INPUT, "NaN")
 
 
+def _corrupt_episode(tmp_path, dataset_id, edit):
+    """A valid dataset written by hybridrl, then edited in its HDF5 file."""
+    import h5py
+
+    from hybridrl.control import datasets
+
+    path = datasets.write(dataset_id, [make_episode(5, obs_dim=11, act_dim=3)], env_id="Hopper-v5",
+                          ref_min_score=0.0, ref_max_score=1.0, description="d", algorithm_name="a")
+    with h5py.File(path / "data" / "main_data.hdf5", "a") as f:
+        edit(f["episode_0"])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_missing_field_wrong_shape_and_empty_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+
+    def drop_rewards(episode):
+        del episode["rewards"]
+
+    def short_observations(episode):
+        obs = episode["observations"][:-1]
+        del episode["observations"]
+        episode["observations"] = obs
+
+    _corrupt_episode(tmp_path, "bad/hopper/fields-v0", drop_rewards)
+    result = invoke("train", "bc", "--dataset", "bad/hopper/fields-v0")
+    assert_one_line_error(result, EXIT_BAD_INPUT, "bad/hopper/fields-v0", "malformed", "rewards")
+    _corrupt_episode(tmp_path, "bad/hopper/shape-v0", short_observations)
+    result = invoke("train", "bc", "--dataset", "bad/hopper/shape-v0")
+    assert_one_line_error(result, EXIT_BAD_INPUT, "5 observations for 5 steps", "T+1 observations")
+    import gymnasium as gym
+
+    env = gym.make("Hopper-v5")
+    minari.create_dataset_from_buffers("bad/hopper/empty-v0", [], env=env, eval_env=env, algorithm_name="x",
+                                       ref_min_score=0.0, ref_max_score=1.0, description="empty",
+                                       author="t", author_email="t@t", code_permalink="t")
+    result = invoke("data", "info", "bad/hopper/empty-v0")
+    assert_one_line_error(result, EXIT_BAD_INPUT, "holds no episodes")
+
+
 def test_diverging_run_exits_with_its_own_code(store, tmp_path):
     # Absurd learning rates blow the critic up within a few hundred updates.
     result = invoke("train", "cql", "--dataset", TINY_DATASET, "--steps", 400, "--log-every", 10,
