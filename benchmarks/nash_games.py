@@ -15,7 +15,8 @@ Usage::
     python benchmarks/nash_games.py --out /tmp/ng --seeds 0 --games 3 --iterations 300 \
         --sampled-iterations 300
 
-Writes ``results.json`` and ``gap_exact.png``, ``gap_sampled.png`` into ``--out``. ``plot_gap_curves``
+Also runs the MLP-policy versions (``games_neural``, exact preferences). Writes ``results.json`` and
+``gap_exact.png``, ``gap_sampled_<T>.png``, ``gap_neural.png`` into ``--out``. ``plot_gap_curves``
 is the function behind ``hybridrl pref games``.
 """
 
@@ -37,6 +38,7 @@ import torch
 
 from hybridrl.core.seeding import resolve_device
 from hybridrl.preference.games import (
+    METHODS,
     default_lr,
     duality_gap_batched,
     gap_curves,
@@ -44,6 +46,7 @@ from hybridrl.preference.games import (
     regularized_nash_batched,
     solve_batched,
 )
+from hybridrl.preference.games_neural import solve_neural
 
 # (label, method, lr): EGPO is also run at its paper's tabular step (lr_sgd = 0.1 -> eta = 4 lr / (n beta)).
 RUNS: list[tuple[str, str, str | None]] = [
@@ -150,6 +153,39 @@ def run_methods(
             entry["average_iterate_curves"] = _quantiles(average_gap)
         entry["_gaps"] = gap
         results[label] = entry
+    return results
+
+
+def run_neural(
+    n: int,
+    beta: float,
+    iterations: int,
+    seeds: list[int],
+    games_per_seed: int,
+    lr: float,
+    device: torch.device,
+) -> dict[str, dict]:
+    """MLP-policy versions (games_neural) with exact preferences; final gaps per game."""
+    results: dict[str, dict] = {}
+    for method in METHODS:
+        gaps = []
+        for seed in seeds:
+            P, reference = random_games(games_per_seed, n, seed, device=device)
+            history = solve_neural(P, reference, method, beta, iterations, lr=lr, seed=seed)
+            score_beta = 0.0 if method == "sppo" else beta
+            gaps.append(duality_gap_batched(P, reference, history, score_beta).cpu().numpy())
+        gap = np.concatenate(gaps, axis=1)
+        label = "sppo / MWU (beta=0 gap)" if method == "sppo" else method
+        results[label] = {
+            "method": method,
+            "lr": lr,
+            "gap_start_median": float(np.median(gap[0])),
+            "gap_final": gap[-1].tolist(),
+            "gap_final_median": float(np.median(gap[-1])),
+            "gap_final_max": float(gap[-1].max()),
+            "curves": _quantiles(gap),
+            "_gaps": gap,
+        }
     return results
 
 
@@ -311,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=100, help="Bernoulli queries per win-rate estimate")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--games", type=int, default=10, help="games per seed")
+    parser.add_argument("--neural-iterations", type=int, default=1000, help="0 skips the MLP-policy runs")
+    parser.add_argument("--neural-lr", type=float, default=0.05)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -345,6 +383,16 @@ def main(argv: list[str] | None = None) -> dict:
     for entry in exact.values():
         entry.pop("_gaps")
     report["exact"]["runs"] = exact
+    if args.neural_iterations:
+        neural = run_neural(
+            args.n, args.beta, args.neural_iterations, args.seeds, args.games, args.neural_lr, device
+        )
+        _plot(
+            neural, f"MLP policies, exact preferences, SGD lr {args.neural_lr}", args.out / "gap_neural.png"
+        )
+        for entry in neural.values():
+            entry.pop("_gaps")
+        report["neural"] = neural
     report["wall_time_s"] = time.perf_counter() - start
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
 
@@ -369,6 +417,11 @@ def main(argv: list[str] | None = None) -> dict:
                 f"median {item['reduction_median']:.0f} "
                 f"(last-1% mean min {item['reduction_last_1pct_mean_min']:.0f})"
             )
+    for label, entry in report.get("neural", {}).items():
+        print(
+            f"neural T={args.neural_iterations} {label:26s} final gap median {entry['gap_final_median']:.2e} "
+            f"max {entry['gap_final_max']:.2e} (start {entry['gap_start_median']:.2e})"
+        )
     print(f"wall time {report['wall_time_s']:.1f}s; wrote {args.out}/results.json")
     return report
 
