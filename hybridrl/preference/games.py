@@ -693,7 +693,8 @@ def solve_batched(
         method: one of :data:`METHODS`.
         beta: KL coefficient of the game (> 0; ``sppo`` also accepts 0 and ignores it).
         iterations: number of updates T.
-        lr: constant step size eta (see :func:`default_lr`); None for the method's default schedule.
+        lr: constant step size eta; None for the method's default (:func:`default_lr`: constant with
+            exact preferences except Nash-MD's 2/(beta(t+2)); capped by a 1/t decay with samples).
         samples: None for exact win rates, else the number K >= n of Bernoulli preference queries per
             win-rate estimate (two estimates per iteration for ``nash_mp`` and ``egpo``).
         seed: seed of the query sampler (sampled mode only).
