@@ -47,4 +47,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         # Checkpoints hold RNG states and numpy arrays next to tensors.
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}): delete it to start over") from err
+        raise ValueError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}): delete it to start over"
+        ) from err

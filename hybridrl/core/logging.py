@@ -24,8 +24,13 @@ class MetricsLogger:
     was killed and resumed has exactly the lines of an uninterrupted one.
     """
 
-    def __init__(self, path: str | os.PathLike, *, tensorboard_dir: str | os.PathLike | None = None,
-                 truncate_after: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        tensorboard_dir: str | os.PathLike | None = None,
+        truncate_after: int | None = None,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after is not None and self.path.exists():

@@ -1,0 +1,1 @@
+"""Preference optimization and Nash learning for language models and tabular games."""
