@@ -17,7 +17,7 @@ Usage::
 
 Also runs the MLP-policy versions (``games_neural``, exact preferences). Writes ``results.json`` and
 ``gap_exact.png``, ``gap_sampled_<T>.png``, ``gap_neural.png`` into ``--out``. ``plot_gap_curves``
-is the function behind ``hybridrl pref games``.
+(in ``hybridrl.preference.games``) is the function behind ``hybridrl pref games``.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ import torch
 
 from hybridrl.core.seeding import resolve_device
 from hybridrl.preference.games import (
+    GAP_FLOOR,
     METHODS,
     default_lr,
     duality_gap_batched,
-    gap_curves,
     random_games,
     regularized_nash_batched,
     solve_batched,
@@ -58,7 +58,7 @@ RUNS: list[tuple[str, str, str | None]] = [
     ("online_ipo", "online_ipo", None),
     ("sppo / MWU (beta=0 gap)", "sppo", None),
 ]
-FLOOR = 1e-17  # gaps are plotted and fitted above this (exact zeros after rounding)
+FLOOR = GAP_FLOOR  # gaps are plotted and fitted above this (exact zeros after rounding)
 
 
 def _lr_for(tag: str | None, n: int, beta: float) -> float | None:
@@ -268,59 +268,6 @@ def _summary(results: dict[str, dict], beta: float) -> dict[str, dict]:
         "nash_mp_kl_rate_per_query": -0.5 * math.log(1 + 2 * beta),
         "note": "Nash-MP bound KL(pi*||pi_N) = O((1+2beta)^(-N/2)), N queries, 2 queries per iteration",
     }
-    return summary
-
-
-def plot_gap_curves(
-    methods: list[str] | tuple[str, ...] = ("nash_mp", "egpo", "nash_md", "inpo", "online_ipo", "sppo"),
-    n: int = 10,
-    beta: float = 0.1,
-    iterations: int = 3000,
-    samples: int | None = None,
-    seed: int = 0,
-    out_path: str | Path = "nash_games.png",
-    num_games: int = 10,
-    device: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """Plot duality gap vs iteration (log y) for ``methods`` on ``num_games`` random games; the CLI entry.
-
-    Writes ``out_path`` (PNG) and the same name with ``.json`` (per-method final gaps). ``sppo`` is
-    scored on the unregularized game. Returns ``{method: {"gap_final_median", "gap_final_max"}}``.
-    """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    curves = gap_curves(
-        list(methods),
-        n=n,
-        beta=beta,
-        iterations=iterations,
-        samples=samples,
-        seed=seed,
-        num_games=num_games,
-        device=device,
-    )
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    for method, gaps in curves.items():
-        gaps = np.maximum(gaps, FLOOR)
-        label = f"{method} (beta=0 gap)" if method == "sppo" else method
-        (line,) = ax.plot(np.median(gaps, axis=1), label=label)
-        ax.fill_between(
-            np.arange(gaps.shape[0]), gaps.min(1), gaps.max(1), alpha=0.12, color=line.get_color()
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(f"duality gap (median, min-max over {num_games} games)")
-    kind = "exact preferences" if samples is None else f"{samples} samples per estimate"
-    ax.set_title(f"n={n}, beta={beta}, {kind}, seed={seed}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    summary = {
-        method: {"gap_final_median": float(np.median(gaps[-1])), "gap_final_max": float(gaps[-1].max())}
-        for method, gaps in curves.items()
-    }
-    out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

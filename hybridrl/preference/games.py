@@ -66,8 +66,10 @@ Deviations from the reference code, stated so results can be compared:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -782,3 +784,66 @@ def gap_curves(
         score_beta = 0.0 if method == "sppo" else beta
         curves[method] = duality_gap_batched(P, ref, history, score_beta).cpu().numpy()
     return curves
+
+
+GAP_FLOOR = 1e-17  # gaps are plotted above this (exact zeros after rounding)
+
+
+def plot_gap_curves(
+    methods: list[str] | tuple[str, ...] = ("nash_mp", "egpo", "nash_md", "inpo", "online_ipo", "sppo"),
+    n: int = 10,
+    beta: float = 0.1,
+    iterations: int = 3000,
+    samples: int | None = None,
+    seed: int = 0,
+    out_path: str | Path = "nash_games.png",
+    num_games: int = 10,
+    device: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """Plot duality gap vs iteration (log y) for ``methods`` on ``num_games`` random games.
+
+    Behind ``hybridrl pref games``; needs matplotlib (``pip install 'hybridrl[bench]'``).
+
+    Writes ``out_path`` (PNG) and the same name with ``.json`` (per-method final gaps). ``sppo`` is
+    scored on the unregularized game. Returns ``{method: {"gap_final_median", "gap_final_max"}}``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    curves = gap_curves(
+        list(methods),
+        n=n,
+        beta=beta,
+        iterations=iterations,
+        samples=samples,
+        seed=seed,
+        num_games=num_games,
+        device=device,
+    )
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for method, gaps in curves.items():
+        gaps = np.maximum(gaps, GAP_FLOOR)
+        label = f"{method} (beta=0 gap)" if method == "sppo" else method
+        (line,) = ax.plot(np.median(gaps, axis=1), label=label)
+        ax.fill_between(
+            np.arange(gaps.shape[0]), gaps.min(1), gaps.max(1), alpha=0.12, color=line.get_color()
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"duality gap (median, min-max over {num_games} games)")
+    kind = "exact preferences" if samples is None else f"{samples} samples per estimate"
+    ax.set_title(f"n={n}, beta={beta}, {kind}, seed={seed}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    summary = {
+        method: {"gap_final_median": float(np.median(gaps[-1])), "gap_final_max": float(gaps[-1].max())}
+        for method, gaps in curves.items()
+    }
+    out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    return summary
