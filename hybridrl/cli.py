@@ -113,9 +113,12 @@ def data_info(dataset_id: str, download: bool = False) -> None:
         typer.echo(f"normalized    mean {np.mean(norm):.1f}  std {np.std(norm):.1f}")
     else:
         typer.echo("reference     none stored (normalized scores unavailable)")
-    for key, value in sorted(data.metadata.items()):
-        if key.startswith("hybridrl_"):
-            typer.echo(f"{key[9:]:<13} {value}")
+    recorded = {key.removeprefix("hybridrl_"): value for key, value in sorted(data.metadata.items())
+                if key.startswith("hybridrl_")}
+    if recorded:
+        typer.echo("recorded by the factory:")
+        for key, value in recorded.items():
+            typer.echo(f"  {key:<26} {value}")
 
 
 @app.command("algos")
