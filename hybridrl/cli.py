@@ -74,6 +74,7 @@ def data_make(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (SAC training).")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")] = False,
     progress: bool = True,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads for SAC (default: one per core).")] = None,
 ) -> None:
     """Make a D4RL-style dataset from real MuJoCo rollouts into the local Minari store.
 
@@ -85,7 +86,7 @@ def data_make(
         raise ValueError("--transitions must be positive")
     config = factory_config(small, transitions=transitions, sac_steps=sac_steps)
     dataset_id = make_dataset(task, quality, config=config, seed=seed, device=device, overwrite=overwrite,
-                              progress=progress)
+                              progress=progress, threads=threads)
     typer.echo(f"wrote {dataset_id}")
 
 
@@ -148,6 +149,7 @@ def train(
     download: Annotated[bool, typer.Option(help="Download the dataset from Minari's server if missing.")] = False,
     tensorboard: bool = False,
     progress: bool = True,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: one per core).")] = None,
 ) -> None:
     """Train a method (offline: --dataset; online: --env); rerunning the command resumes it."""
     from hybridrl.core.config import RunConfig
@@ -155,7 +157,7 @@ def train(
 
     run = RunConfig(steps=steps, seed=seed, device=device, eval_every=eval_every, eval_episodes=eval_episodes,
                     log_every=log_every, checkpoint_every=checkpoint_every, tensorboard=tensorboard,
-                    progress=progress)
+                    progress=progress, threads=threads)
     if (dataset is None) == (env is None):
         raise ValueError("give exactly one of --dataset (offline methods) or --env (online methods)")
     if dataset is not None:
@@ -211,6 +213,7 @@ def demo(
     seed: int = 0,
     device: str = "auto",
     out: Path = Path("runs/demo"),
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: one per core).")] = None,
 ) -> None:
     """Make a small dataset from real MuJoCo rollouts, train BC and CQL, print their scores."""
     from hybridrl.control.datasets import local_dataset_ids
@@ -226,7 +229,7 @@ def demo(
     rows = []
     for algo, steps in (("bc", bc_steps), ("cql", cql_steps)):
         run = RunConfig(steps=steps, seed=seed, device=device, eval_every=0, log_every=min(500, steps),
-                        checkpoint_every=max(steps // 4, 1))
+                        checkpoint_every=max(steps // 4, 1), threads=threads)
         result = run_offline(algo, dataset_id, run, out_dir=out / f"{algo}-s{seed}")
         rows.append((algo, steps, result))
     typer.echo(f"\n{'method':<8} {'updates':>8} {'return':>16} {'normalized score':>18}   ({dataset_id}, 10 episodes)")

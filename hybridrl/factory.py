@@ -123,7 +123,7 @@ def _stochastic(actor: torch.nn.Module, device: torch.device):
 
 
 def train_behaviour(task: str, *, seed: int, config: FactoryConfig, until: str, device: str = "auto",
-                    progress: bool = True) -> Path:
+                    progress: bool = True, threads: int | None = None) -> Path:
     """Run (or resume) the task's SAC run until the medium policy exists (``until='medium'``) or to the end."""
     home = policy_dir(task, seed, config)
     run_dir, medium_path = home / "sac", home / "medium.pt"
@@ -152,7 +152,8 @@ def train_behaviour(task: str, *, seed: int, config: FactoryConfig, until: str, 
             raise MediumReached
 
     run = RunConfig(steps=config.sac_steps, seed=seed, device=device, eval_every=config.eval_every,
-                    eval_episodes=10, log_every=1000, checkpoint_every=config.checkpoint_every, progress=progress)
+                    eval_episodes=10, log_every=1000, checkpoint_every=config.checkpoint_every, progress=progress,
+                    threads=threads)
     try:
         run_online("sac", task, run, out_dir=run_dir, on_eval=on_eval)
     except MediumReached:
@@ -183,7 +184,7 @@ def _medium_actor(home: Path, device: torch.device):
 
 
 def make_dataset(task: str, quality: str, *, config: FactoryConfig = FULL, seed: int = 0, device: str = "auto",
-                 overwrite: bool = False, progress: bool = True) -> str:
+                 overwrite: bool = False, progress: bool = True, threads: int | None = None) -> str:
     """Make ``hybridrl/TASK/QUALITY-v0`` in the local Minari store and return its id."""
     from hybridrl.core.seeding import resolve_device
 
@@ -208,7 +209,7 @@ def make_dataset(task: str, quality: str, *, config: FactoryConfig = FULL, seed:
         algorithm = "uniform-random"
     else:
         home = train_behaviour(task, seed=seed, config=config, until="medium" if "expert" not in quality else "expert",
-                               device=device, progress=progress)
+                               device=device, progress=progress, threads=threads)
         episodes = []
         if quality in ("medium", "medium-expert"):
             actor, snap = _medium_actor(home, torch_device)

@@ -84,6 +84,8 @@ class _Run:
         self.run = run
         self.desc = desc
         keep_freed_memory()
+        if run.threads:
+            torch.set_num_threads(run.threads)
         self.finished = (json.loads((self.out_dir / RESULTS).read_text())
                          if (self.out_dir / RESULTS).exists() else None)
         # RNG and generator states must stay CPU tensors; modules copy onto their device.
@@ -286,8 +288,8 @@ def _diverged_message(step: int, what: str, last_good: int | None, out_dir: Path
 
 
 def _run_record(run: RunConfig) -> dict[str, Any]:
-    """The run settings that define a run; device and progress bar may change on resume."""
-    return {k: v for k, v in to_dict(run).items() if k not in ("device", "progress")}
+    """The run settings that define a run; device, threads and progress bar may change on resume."""
+    return {k: v for k, v in to_dict(run).items() if k not in ("device", "progress", "threads")}
 
 
 def default_run_dir(algo: str, dataset_id: str, seed: int) -> Path:

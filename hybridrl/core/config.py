@@ -31,6 +31,9 @@ class RunConfig:
     checkpoint_every: int = 10_000
     tensorboard: bool = False
     progress: bool = True
+    threads: int | None = None
+    """torch's intra-op CPU threads for the run (None: torch's default, one per core). One thread is
+    often faster for small networks, and much faster when other processes share the cores."""
 
 
 def to_dict(config: Any) -> dict[str, Any]:
