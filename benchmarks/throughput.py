@@ -7,6 +7,7 @@ d3rlpy (its sampler is Python-side); hybridrl's are drawn from its device buffer
 
 For each we report updates/s, FLOPs per update (``torch.utils.flop_counter``) and achieved FLOP/s as a
 fraction of the machine's measured matmul rate (an 8192x256x256 fp32 matmul on the same threads).
+Timing runs in rounds that interleave the two libraries and the matmul reference; medians are reported.
 
     python benchmarks/throughput.py                     # CPU, torch's default threads
     python benchmarks/throughput.py --device cuda       # on a GPU machine
@@ -70,16 +71,15 @@ def random_dataset(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def time_updates(update, device: torch.device, warmup: int, seconds: float) -> tuple[float, int]:
-    for _ in range(warmup):
-        update()
+def time_block(update, device: torch.device, seconds: float) -> float:
+    """Updates per second over one block of about ``seconds``."""
     _sync(device)
     start, n = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         update()
         n += 1
     _sync(device)
-    return n / (time.perf_counter() - start), n
+    return n / (time.perf_counter() - start)
 
 
 def count_flops(update) -> int:
@@ -89,7 +89,7 @@ def count_flops(update) -> int:
     return counter.get_total_flops()
 
 
-def bench_hybridrl(data, device, args) -> dict:
+def hybridrl_update(data, device, args):
     config = CQLConfig(hidden=HIDDEN, batch_size=args.batch_size, num_sampled_actions=args.num_sampled_actions)
     algo = CQL(OBS_DIM, ACT_DIM, config, device)
     buffer = TransitionBuffer(OBS_DIM, ACT_DIM, device=device, offline=data)
@@ -97,20 +97,10 @@ def bench_hybridrl(data, device, args) -> dict:
     def update():
         algo.update(buffer.sample(config.batch_size))
 
-    flops = count_flops(update)
-    ups, n = time_updates(update, device, args.warmup, args.seconds)
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
-            for _ in range(5):
-                update()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-    return {"updates_per_s": ups, "updates_timed": n, "flops_per_update": flops}
+    return update
 
 
-def bench_d3rlpy(data, device, args) -> dict:
+def d3rlpy_update(data, device, args):
     import d3rlpy
 
     timeouts = np.zeros(len(data["rewards"]), dtype=np.float32)
@@ -135,10 +125,17 @@ def bench_d3rlpy(data, device, args) -> dict:
     def update():
         algo.update(batches[next(counter) % len(batches)])
 
-    flops = count_flops(update)
-    ups, n = time_updates(update, device, args.warmup, args.seconds)
-    return {"updates_per_s": ups, "updates_timed": n, "flops_per_update": flops,
-            "version": d3rlpy.__version__}
+    return update
+
+
+def profile_updates(update, device) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(5):
+            update()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -147,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-sampled-actions", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per implementation")
+    parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per implementation")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--skip-d3rlpy", action="store_true")
     parser.add_argument("--profile", action="store_true")
@@ -162,13 +160,28 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     device = resolve_device(args.device)
     data = random_dataset(100_000)
-    peak = matmul_rate(device)
-    rows = {"hybridrl": bench_hybridrl(data, device, args)}
+    updates = {"hybridrl": hybridrl_update(data, device, args)}
     if not args.skip_d3rlpy:
         try:
-            rows["d3rlpy"] = bench_d3rlpy(data, device, args)
+            updates["d3rlpy"] = d3rlpy_update(data, device, args)
         except ImportError:
             print("d3rlpy is not installed (pip install 'hybridrl[bench]'); reporting hybridrl alone")
+    rows = {name: {"flops_per_update": count_flops(update)} for name, update in updates.items()}
+    for update in updates.values():
+        for _ in range(args.warmup):
+            update()
+    # Rounds interleave the implementations and the matmul reference, so a change in the machine's
+    # load touches all of them alike; the medians are reported.
+    peaks, block_rates = [], {name: [] for name in updates}
+    for _ in range(args.rounds):
+        peaks.append(matmul_rate(device, repeats=5))
+        for name, update in updates.items():
+            block_rates[name].append(time_block(update, device, args.seconds / args.rounds))
+    peak = statistics.median(peaks)
+    for name, rates in block_rates.items():
+        rows[name].update(updates_per_s=statistics.median(rates), updates_per_s_rounds=rates)
+    if args.profile:
+        profile_updates(updates["hybridrl"], device)
     for row in rows.values():
         row["flops_per_s"] = row["flops_per_update"] * row["updates_per_s"]
         row["fraction_of_matmul"] = row["flops_per_s"] / peak
