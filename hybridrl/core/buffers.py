@@ -121,14 +121,16 @@ class TransitionBuffer:
                 return self._gather(self.offline, self._randint(self.offline_size, batch_size))
             if self.offline_size == 0:
                 return self._gather(self.online, self._randint(self.online_size, batch_size))
-            offline_fraction = self.offline_size / len(self)
-            n_offline = int(torch.binomial(torch.tensor(float(batch_size), device=self.device),
-                                           torch.tensor(offline_fraction, device=self.device),
-                                           generator=self.generator).item())
-        else:
-            if not 0.0 <= offline_fraction <= 1.0:
-                raise ValueError(f"offline_fraction must be in [0, 1], got {offline_fraction}")
-            n_offline = round(batch_size * offline_fraction)
+            # One index over the union, resolved with torch.where: no host sync on the device.
+            idx = self._randint(len(self), batch_size)
+            from_offline = idx < self.offline_size
+            offline_rows = self._gather(self.offline, idx.clamp(max=self.offline_size - 1))
+            online_rows = self._gather(self.online, (idx - self.offline_size).clamp(min=0))
+            return Batch(*(torch.where(from_offline.view(-1, *[1] * (a.dim() - 1)), a, b)
+                           for a, b in zip(vars(offline_rows).values(), vars(online_rows).values(), strict=True)))
+        if not 0.0 <= offline_fraction <= 1.0:
+            raise ValueError(f"offline_fraction must be in [0, 1], got {offline_fraction}")
+        n_offline = round(batch_size * offline_fraction)
         n_online = batch_size - n_offline
         if n_offline and self.offline_size == 0:
             raise RuntimeError("asked for offline rows but the buffer holds no offline data")
