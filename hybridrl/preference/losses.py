@@ -243,3 +243,18 @@ def preference_loss(pair: PairLogps, config: PreferenceLossConfig) -> Preference
     }
     return PreferenceLossOutput(loss=per_pair.mean(), chosen_rewards=chosen_rewards,
                                 rejected_rewards=rejected_rewards, metrics=metrics)
+
+
+METHODS: dict[str, PreferenceLossConfig] = {
+    "dpo": PreferenceLossConfig(),
+    "ipo": PreferenceLossConfig(loss_type="ipo"),
+    # f-DPO's paper singles out Jensen-Shannon as the divergence that keeps diversity at little cost
+    "fdpo": PreferenceLossConfig(divergence="js_divergence"),
+}
+"""Method name (the CLI's ``train METHOD``) -> its default loss settings."""
+
+
+def resolve_method(name: str) -> PreferenceLossConfig:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]

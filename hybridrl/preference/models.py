@@ -48,6 +48,8 @@ class TinyLMConfig:
     """MLP width (2x hidden here instead of Llama's ~2.7x: the task is small)."""
     max_position_embeddings: int = 512
     """Longest sequence the rotary embedding is configured for."""
+    initializer_range: float = 0.02
+    """Std of the initial weights (Llama default); tests raise it to get far-from-uniform outputs."""
 
 
 def train_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerBase:
@@ -83,6 +85,7 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerBase, config: TinyLMConfig | 
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_heads,
         max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,

@@ -168,6 +168,11 @@ def distinct_n(responses: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def per_prompt_distinct_n(responses: Sequence[str], group: int, n: int) -> float:
+    """distinct-n within each run of ``group`` consecutive answers (same prompt), averaged over prompts."""
+    return float(np.mean([distinct_n(responses[i: i + group], n) for i in range(0, len(responses), group)]))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Teacher, SFT and sampling
 
@@ -351,3 +356,31 @@ def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> d
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def evaluate_against(policy: PreTrainedModel, baseline: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                     prompts: Sequence[str], *, seed: int, judge: PairwiseJudge | None = None,
+                     samples_per_prompt: int = 4, temperature: float = 1.0) -> dict[str, float]:
+    """Win rate of ``policy`` over ``baseline`` under the judge, and the diversity of ``policy``'s answers.
+
+    Each prompt is answered ``samples_per_prompt`` times by each model (seeded sampling). Diversity is
+    distinct-1/2 among the answers to the same prompt, averaged over prompts (a collapsed policy repeats
+    itself), and the mean per-token sampling entropy.
+    """
+    judge = judge or WeightedJudge()
+    repeated = [p for p in prompts for _ in range(samples_per_prompt)]
+    ours, our_entropy = sample_responses(policy, tokenizer, repeated, seed=seed, temperature=temperature)
+    theirs, their_entropy = sample_responses(baseline, tokenizer, repeated, seed=seed + 1, temperature=temperature)
+    scorer = judge if isinstance(judge, WeightedJudge) else WeightedJudge()
+    return {
+        "win_rate": win_rate(judge, repeated, ours, theirs),
+        "judge_score": float(np.mean([scorer.score(p, r) for p, r in zip(repeated, ours, strict=True)])),
+        "baseline_judge_score": float(np.mean([scorer.score(p, r) for p, r in zip(repeated, theirs, strict=True)])),
+        "distinct_1": per_prompt_distinct_n(ours, samples_per_prompt, 1),
+        "distinct_2": per_prompt_distinct_n(ours, samples_per_prompt, 2),
+        "entropy": our_entropy,
+        "baseline_distinct_1": per_prompt_distinct_n(theirs, samples_per_prompt, 1),
+        "baseline_distinct_2": per_prompt_distinct_n(theirs, samples_per_prompt, 2),
+        "baseline_entropy": their_entropy,
+        "num_comparisons": len(repeated),
+    }
