@@ -32,8 +32,19 @@ def _one_line_errors() -> Iterator[None]:
         raise typer.Exit(code=EXIT_USAGE) from None
 
 
+def _quiet_libraries() -> None:
+    """The CLI prints its own summary: silence the per-file progress bars of datasets and transformers."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def _run(body: Callable[[], Any]) -> Any:
     with _one_line_errors():
+        _quiet_libraries()
         return body()
 
 

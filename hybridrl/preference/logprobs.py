@@ -48,7 +48,7 @@ def sequence_logps(model: torch.nn.Module, batch: PairBatch) -> tuple[Tensor, Te
     # The first completion token of the batch is predicted from the position before it: logits before
     # that are never used, so the LM head is skipped for them.
     first_completion = int(batch.completion_mask.float().argmax(dim=1).min())
-    keep = max(width - first_completion + 1, 2)
+    keep = min(max(width - first_completion + 1, 2), width)  # an empty prompt: the first token is unscored
     kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
                    **kwargs).logits

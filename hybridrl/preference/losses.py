@@ -218,6 +218,8 @@ class PreferenceLossConfig:
     def __post_init__(self) -> None:
         resolve_loss(self.loss_type)
         resolve_divergence(self.divergence)
+        # store the canonical name, so that configs written to disk never hold an alias
+        object.__setattr__(self, "divergence", DIVERGENCE_ALIASES.get(self.divergence, self.divergence))
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:

@@ -291,7 +291,9 @@ class TaskConfig:
     seed: int = 0
     """Seeds the prompt split, the teacher, the model init and the sampling."""
     num_test_prompts: int = 400
-    """Held-out prompts for win-rate evaluation (the other ~1,500 prompts are for training)."""
+    """Held-out prompts for win-rate evaluation."""
+    num_train_prompts: int | None = None
+    """Training prompts (None: all 1,920 - num_test_prompts others)."""
     demonstrations_per_prompt: int = 4
     """Teacher answers per training prompt for the SFT warm-up."""
     sft_steps: int = 800
@@ -314,6 +316,7 @@ def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> d
     prompts = all_prompts()
     rng.shuffle(prompts)
     test, train = prompts[: config.num_test_prompts], prompts[config.num_test_prompts:]
+    train = train[: config.num_train_prompts] if config.num_train_prompts is not None else train
 
     demo_prompts = [p.text for p in train for _ in range(config.demonstrations_per_prompt)]
     demos = [teacher_response(TaskPrompt.parse(p), rng) for p in demo_prompts]

@@ -319,8 +319,8 @@ class PairwiseTrainer:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def train(self, *, resume: bool = True) -> dict[str, float]:
-        """Train to ``config.steps``; returns the last logged metrics."""
+    def train(self, *, resume: bool = True, stop_at: int | None = None) -> dict[str, float]:
+        """Train to ``config.steps`` (or pause at ``stop_at``, checkpointed); returns the last logged metrics."""
         from tqdm.auto import tqdm
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +338,8 @@ class PairwiseTrainer:
         window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
         last: dict[str, float] = {}
         try:
-            while self.step < self.config.steps:
+            end = self.config.steps if stop_at is None else min(stop_at, self.config.steps)
+            while self.step < end:
                 metrics, tokens = self.train_step()
                 for key, value in metrics.items():
                     window[key] = window[key] + value.detach()
@@ -350,13 +351,14 @@ class PairwiseTrainer:
                     bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
                     window.clear()
                     window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
-                if self.step % self.config.save_every == 0 or self.step == self.config.steps:
+                if self.step % self.config.save_every == 0 or self.step == end:
                     self.save_checkpoint()
         finally:
             bar.close()
             if logger is not None:
                 logger.close()
-        self.save_model()
+        if self.step >= self.config.steps:
+            self.save_model()
         self.accelerator.wait_for_everyone()
         return last
 
