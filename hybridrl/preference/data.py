@@ -54,7 +54,8 @@ class PreferenceDataConfig:
     def __post_init__(self) -> None:
         if self.truncation_mode not in ("keep_start", "keep_end"):
             raise PreferenceDataError(
-                f"unknown truncation_mode {self.truncation_mode!r}: use 'keep_start' or 'keep_end'")
+                f"unknown truncation_mode {self.truncation_mode!r}: use 'keep_start' or 'keep_end'"
+            )
         for name in ("max_length", "max_prompt_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -75,7 +76,9 @@ class DropReport:
     def summary(self) -> str:
         if not self.dropped:
             return f"kept all {self.total} rows"
-        reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in sorted(self.dropped.items()))
+        reasons = ", ".join(
+            f"{count} {reason.replace('_', ' ')}" for reason, count in sorted(self.dropped.items())
+        )
         return f"kept {self.kept} of {self.total} rows; dropped {reasons}"
 
 
@@ -116,13 +119,22 @@ class PairBatch:
     def num_pairs(self) -> int:
         return self.indices.numel()
 
+    def num_tokens(self) -> int:
+        """Non-padding tokens (prompt + completion, chosen + rejected), as TRL's ``num_tokens`` counts them."""
+        return int(self.attention_mask.sum())
+
     def to(self, device: torch.device) -> PairBatch:
-        return PairBatch(*(t.to(device, non_blocking=True) for t in
-                           (self.input_ids, self.attention_mask, self.completion_mask, self.indices)))
+        return PairBatch(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.input_ids, self.attention_mask, self.completion_mask, self.indices)
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Loading and validation
+
 
 def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") -> Dataset:
     """Load a dataset from a JSON/JSONL/Parquet/CSV file, a local directory or a Hub id, and check its columns.
@@ -137,7 +149,9 @@ def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") 
         if path.is_file():
             builder = FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
-                raise PreferenceDataError(f"cannot read {path.name}: use a .json, .jsonl, .parquet or .csv file")
+                raise PreferenceDataError(
+                    f"cannot read {path.name}: use a .json, .jsonl, .parquet or .csv file"
+                )
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         elif path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
             dataset = datasets.load_from_disk(str(path))
@@ -156,8 +170,10 @@ def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") 
 
 def _pick_split(dataset_dict: Any, split: str, source: Any) -> Dataset:
     if split not in dataset_dict:
-        raise PreferenceDataError(f"dataset {str(source)!r} has no split {split!r}: "
-                                  f"choose one of {', '.join(dataset_dict)} with --split")
+        raise PreferenceDataError(
+            f"dataset {str(source)!r} has no split {split!r}: "
+            f"choose one of {', '.join(dataset_dict)} with --split"
+        )
     return dataset_dict[split]
 
 
@@ -170,11 +186,14 @@ def check_columns(columns: Sequence[str]) -> None:
             raise PreferenceDataError(
                 f"dataset has no {name!r} column (columns: {', '.join(columns) or 'none'}); a preference "
                 f"dataset needs prompt/chosen/rejected: rename yours, e.g. "
-                f"dataset.rename_column('<old name>', '{name}')")
+                f"dataset.rename_column('<old name>', '{name}')"
+            )
 
 
 def _is_conversation(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in value
+    )
 
 
 def split_implicit_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
@@ -195,6 +214,7 @@ def split_implicit_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
 # ---------------------------------------------------------------------------------------------------
 # Tokenization
 
+
 def _is_empty(completion: Any) -> bool:
     if isinstance(completion, str):
         return not completion.strip()
@@ -209,13 +229,16 @@ def _common_prefix_length(a: list[int], b: list[int]) -> int:
     return i
 
 
-def _tokenize_row(tokenizer: PreTrainedTokenizerBase, prompt: Any, chosen: Any,
-                  rejected: Any) -> tuple[list[int], list[int], list[int]]:
+def _tokenize_row(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, chosen: Any, rejected: Any
+) -> tuple[list[int], list[int], list[int]]:
     """(prompt ids, chosen completion ids, rejected completion ids), TRL's rule for where completions start."""
     if _is_conversation(prompt):
+
         def encode(messages: list, generation_prompt: bool = False) -> list[int]:
-            out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                                add_generation_prompt=generation_prompt)
+            out = tokenizer.apply_chat_template(
+                messages, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+            )
             return list(out["input_ids"])
 
         prompt_ids = encode(prompt, generation_prompt=True)
@@ -228,11 +251,15 @@ def _tokenize_row(tokenizer: PreTrainedTokenizerBase, prompt: Any, chosen: Any,
         prompt_ids, full_chosen, full_rejected = (list(ids) for ids in encoded)
     # Chat templates or merges across the boundary can make the prompt alone tokenize differently
     # from its start inside prompt+completion; the completion starts where they diverge.
-    start = min(_common_prefix_length(prompt_ids, full_chosen), _common_prefix_length(prompt_ids, full_rejected))
+    start = min(
+        _common_prefix_length(prompt_ids, full_chosen), _common_prefix_length(prompt_ids, full_rejected)
+    )
     return prompt_ids[:start], full_chosen[start:], full_rejected[start:]
 
 
-def _truncate(prompt: list[int], completion: list[int], config: PreferenceDataConfig) -> tuple[list[int], int]:
+def _truncate(
+    prompt: list[int], completion: list[int], config: PreferenceDataConfig
+) -> tuple[list[int], int]:
     """Full sequence and prompt length after cutting to ``max_length`` the way TRL's collator does."""
     sequence = prompt + completion
     prompt_length = len(prompt)
@@ -246,15 +273,22 @@ def _truncate(prompt: list[int], completion: list[int], config: PreferenceDataCo
     return sequence, prompt_length
 
 
-def tokenize_pairs(dataset: Dataset | Sequence[dict], tokenizer: PreTrainedTokenizerBase,
-                   config: PreferenceDataConfig | None = None) -> tuple[TokenizedPairs, DropReport]:
+def tokenize_pairs(
+    dataset: Dataset | Sequence[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    config: PreferenceDataConfig | None = None,
+) -> tuple[TokenizedPairs, DropReport]:
     """Tokenize every row once; drop and count the rows that cannot train.
 
     Raises:
         PreferenceDataError: a required column is missing.
     """
     config = config or PreferenceDataConfig()
-    columns = dataset.column_names if hasattr(dataset, "column_names") else (list(dataset[0]) if len(dataset) else [])
+    columns = (
+        dataset.column_names
+        if hasattr(dataset, "column_names")
+        else (list(dataset[0]) if len(dataset) else [])
+    )
     check_columns(columns)
     report = DropReport()
     pairs = TokenizedPairs([], [], [], [])
@@ -273,8 +307,9 @@ def tokenize_pairs(dataset: Dataset | Sequence[dict], tokenizer: PreTrainedToken
         if chosen == rejected:
             report.dropped["chosen_equals_rejected"] += 1
             continue
-        if _is_conversation(prompt) != _is_conversation(chosen) or _is_conversation(chosen) != _is_conversation(
-                rejected):
+        if _is_conversation(prompt) != _is_conversation(chosen) or _is_conversation(
+            chosen
+        ) != _is_conversation(rejected):
             report.dropped["mixed_text_and_messages"] += 1
             continue
         prompt_ids, chosen_ids, rejected_ids = _tokenize_row(tokenizer, prompt, chosen, rejected)
@@ -282,9 +317,12 @@ def tokenize_pairs(dataset: Dataset | Sequence[dict], tokenizer: PreTrainedToken
             if config.truncation_mode == "keep_start":
                 report.dropped["prompt_too_long"] += 1
                 continue
-            prompt_ids = prompt_ids[-config.max_prompt_length:]
-        if config.truncation_mode == "keep_start" and config.max_length is not None \
-                and len(prompt_ids) >= config.max_length:
+            prompt_ids = prompt_ids[-config.max_prompt_length :]
+        if (
+            config.truncation_mode == "keep_start"
+            and config.max_length is not None
+            and len(prompt_ids) >= config.max_length
+        ):
             report.dropped["prompt_too_long"] += 1  # no room left for a single completion token
             continue
         chosen_seq, chosen_start = _truncate(prompt_ids, chosen_ids, config)
@@ -299,6 +337,7 @@ def tokenize_pairs(dataset: Dataset | Sequence[dict], tokenizer: PreTrainedToken
 # ---------------------------------------------------------------------------------------------------
 # Batching
 
+
 def collate_pairs(pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *, pad_token_id: int) -> PairBatch:
     """Concatenate chosen and rejected of ``indices`` into one right-padded ``[2B, T]`` batch.
 
@@ -306,8 +345,9 @@ def collate_pairs(pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *, pad
     """
     index_list = [int(i) for i in indices]
     sequences = [pairs.chosen_ids[i] for i in index_list] + [pairs.rejected_ids[i] for i in index_list]
-    starts = [pairs.chosen_prompt_lengths[i] for i in index_list] + \
-             [pairs.rejected_prompt_lengths[i] for i in index_list]
+    starts = [pairs.chosen_prompt_lengths[i] for i in index_list] + [
+        pairs.rejected_prompt_lengths[i] for i in index_list
+    ]
     lengths = torch.tensor([len(s) for s in sequences])
     width = int(lengths.max())
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
@@ -316,5 +356,67 @@ def collate_pairs(pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *, pad
     positions = torch.arange(width)
     attention_mask = (positions < lengths[:, None]).long()
     completion_mask = attention_mask * (positions >= torch.tensor(starts)[:, None]).long()
-    return PairBatch(input_ids=input_ids, attention_mask=attention_mask, completion_mask=completion_mask,
-                     indices=torch.tensor(index_list, dtype=torch.long))
+    return PairBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        completion_mask=completion_mask,
+        indices=torch.tensor(index_list, dtype=torch.long),
+    )
+
+
+@dataclass(frozen=True)
+class SharedPromptBatch:
+    """A pair batch whose prompt is stored once: ``B`` left-padded prompts, ``2B`` right-padded completions.
+
+    Rows ``[0, B)`` of the completions are the chosen answers, ``[B, 2B)`` the rejected ones.
+    """
+
+    prompt_ids: Tensor
+    """``[B, P]`` prompt tokens, left-padded (so every prompt ends at the last column)."""
+    prompt_mask: Tensor
+    """``[B, P]`` 1 on real prompt tokens."""
+    completion_ids: Tensor
+    """``[2B, C]`` completion tokens, right-padded."""
+    completion_mask: Tensor
+    """``[2B, C]`` 1 on real completion tokens."""
+    indices: Tensor
+    """``[B]`` dataset index of each pair."""
+
+    @property
+    def num_pairs(self) -> int:
+        return self.indices.numel()
+
+    def num_tokens(self) -> int:
+        """Tokens of the equivalent concatenated batch (prompt counted twice), as TRL counts them."""
+        return int(2 * self.prompt_mask.sum() + self.completion_mask.sum())
+
+    def to(self, device: torch.device) -> SharedPromptBatch:
+        return SharedPromptBatch(*(t.to(device, non_blocking=True) for t in
+                                   (self.prompt_ids, self.prompt_mask, self.completion_ids, self.completion_mask,
+                                    self.indices)))
+
+
+def shares_prompts(pairs: TokenizedPairs, indices: Sequence[int]) -> bool:
+    """Whether chosen and rejected start with the same non-empty prompt in every pair of ``indices``."""
+    for i in indices:
+        length = pairs.chosen_prompt_lengths[i]
+        if length == 0 or length != pairs.rejected_prompt_lengths[i] or \
+                pairs.chosen_ids[i][:length] != pairs.rejected_ids[i][:length]:
+            return False
+    return True
+
+
+def collate_shared_prompt(pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *,
+                          pad_token_id: int) -> SharedPromptBatch:
+    """Batch ``indices`` with each prompt once (see :func:`shares_prompts` for when this is valid)."""
+    index_list = [int(i) for i in indices]
+    prompts = [torch.tensor(pairs.chosen_ids[i][: pairs.chosen_prompt_lengths[i]]) for i in index_list]
+    completions = [torch.tensor(pairs.chosen_ids[i][pairs.chosen_prompt_lengths[i]:]) for i in index_list] + \
+                  [torch.tensor(pairs.rejected_ids[i][pairs.rejected_prompt_lengths[i]:]) for i in index_list]
+    pad = torch.nn.utils.rnn.pad_sequence
+    prompt_ids = pad(prompts, batch_first=True, padding_value=pad_token_id, padding_side="left")
+    prompt_mask = pad([torch.ones_like(p) for p in prompts], batch_first=True, padding_side="left")
+    completion_ids = pad(completions, batch_first=True, padding_value=pad_token_id)
+    completion_mask = pad([torch.ones_like(c) for c in completions], batch_first=True)
+    return SharedPromptBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                             completion_mask=completion_mask, indices=torch.tensor(index_list, dtype=torch.long))

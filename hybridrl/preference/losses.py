@@ -86,6 +86,7 @@ class PreferenceLossOutput:
 # ---------------------------------------------------------------------------------------------------
 # Score transforms s(r) = f'(exp(r)), r = log pi - log pi_ref (f-DPO, Table 1; constants as in TRL 1.16).
 
+
 def reverse_kl_score(logratio: Tensor, alpha: float) -> Tensor:
     """Reverse KL, f(u) = u log u: plain DPO."""
     return logratio
@@ -122,8 +123,12 @@ SCORE_TRANSFORMS: dict[str, ScoreTransform] = {
 }
 """f-divergence name (TRL's ``f_divergence_type`` values) -> score transform."""
 
-DIVERGENCE_ALIASES: dict[str, str] = {"rkl": "reverse_kl", "fkl": "forward_kl", "js": "js_divergence",
-                                      "alpha": "alpha_divergence"}
+DIVERGENCE_ALIASES: dict[str, str] = {
+    "rkl": "reverse_kl",
+    "fkl": "forward_kl",
+    "js": "js_divergence",
+    "alpha": "alpha_divergence",
+}
 """Short names accepted on the command line."""
 
 
@@ -145,6 +150,7 @@ def pair_scores(pair: PairLogps, config: Any) -> tuple[Tensor, Tensor]:
 
 # ---------------------------------------------------------------------------------------------------
 # Link losses: one loss per pair, shape [B].
+
 
 def dpo_sigmoid_loss(pair: PairLogps, config: Any) -> Tensor:
     """DPO (eq. 7): -log sigmoid(beta * (s_w - s_l))."""
@@ -200,6 +206,7 @@ def resolve_loss(name: str) -> PairLoss:
 
 # ---------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, kw_only=True)
 class PreferenceLossConfig:
     """Hyperparameters of the pairwise losses; names and defaults follow TRL's ``DPOConfig``."""
@@ -243,8 +250,12 @@ def preference_loss(pair: PairLogps, config: PreferenceLossConfig) -> Preference
         # for answers sampled from pi), cheap because both log-probs are already there.
         "kl/dataset_logratio": 0.5 * (pair.chosen_logratios + pair.rejected_logratios).detach().mean(),
     }
-    return PreferenceLossOutput(loss=per_pair.mean(), chosen_rewards=chosen_rewards,
-                                rejected_rewards=rejected_rewards, metrics=metrics)
+    return PreferenceLossOutput(
+        loss=per_pair.mean(),
+        chosen_rewards=chosen_rewards,
+        rejected_rewards=rejected_rewards,
+        metrics=metrics,
+    )
 
 
 METHODS: dict[str, PreferenceLossConfig] = {

@@ -64,15 +64,19 @@ def train_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerBase:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.train_from_iterator(texts, trainer=trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS)))
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD, unk_token=UNK, eos_token=EOS,
+        tokenizer_object=backend,
+        pad_token=PAD,
+        unk_token=UNK,
+        eos_token=EOS,
         additional_special_tokens=list(ROLE_TOKENS),
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def build_tiny_model(tokenizer: PreTrainedTokenizerBase, config: TinyLMConfig | None = None, *,
-                     seed: int = 0) -> PreTrainedModel:
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerBase, config: TinyLMConfig | None = None, *, seed: int = 0
+) -> PreTrainedModel:
     """A randomly initialised Llama sized by ``config`` with ``tokenizer``'s vocabulary (seeded)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -101,8 +105,9 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerBase, config: TinyLMConfig | 
     return model
 
 
-def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   path: str | os.PathLike) -> Path:
+def save_model_dir(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike
+) -> Path:
     """Write ``model`` and ``tokenizer`` as a normal HF model directory (safetensors weights)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -118,8 +123,10 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     except OSError as err:
-        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: pass a local model directory "
-                         f"or a Hugging Face model id ({err.__class__.__name__})") from err
+        raise ValueError(
+            f"cannot load a tokenizer from {name_or_path!r}: pass a local model directory "
+            f"or a Hugging Face model id ({err.__class__.__name__})"
+        ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -132,8 +139,10 @@ def load_causal_lm(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype or torch.float32)
     except OSError as err:
-        raise ValueError(f"cannot load a causal LM from {name_or_path!r}: pass a local model directory "
-                         f"or a Hugging Face model id ({err.__class__.__name__})") from err
+        raise ValueError(
+            f"cannot load a causal LM from {name_or_path!r}: pass a local model directory "
+            f"or a Hugging Face model id ({err.__class__.__name__})"
+        ) from err
     return model
 
 

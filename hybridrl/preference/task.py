@@ -61,8 +61,10 @@ class TaskPrompt:
 
     @property
     def text(self) -> str:
-        return (f"write {NUMBER_WORDS[self.length]} words about {self.topics[0]} and {self.topics[1]} "
-                f"using {self.keyword} :")
+        return (
+            f"write {NUMBER_WORDS[self.length]} words about {self.topics[0]} and {self.topics[1]} "
+            f"using {self.keyword} :"
+        )
 
     @classmethod
     def parse(cls, text: str) -> TaskPrompt:
@@ -84,6 +86,7 @@ def all_prompts() -> list[TaskPrompt]:
 
 # ---------------------------------------------------------------------------------------------------
 # Criteria and judges
+
 
 def on_topic(prompt: TaskPrompt, words: Sequence[str]) -> float:
     topical = set(TOPICS[prompt.topics[0]]) | set(TOPICS[prompt.topics[1]])
@@ -107,8 +110,13 @@ def coverage(prompt: TaskPrompt, words: Sequence[str]) -> float:
     return sum(bool(present & set(TOPICS[t])) for t in prompt.topics) / 2.0
 
 
-CRITERIA = {"on_topic": on_topic, "length": length_match, "keyword": keyword, "no_repeats": no_repeats,
-            "coverage": coverage}
+CRITERIA = {
+    "on_topic": on_topic,
+    "length": length_match,
+    "keyword": keyword,
+    "no_repeats": no_repeats,
+    "coverage": coverage,
+}
 """Annotator name -> criterion(prompt, words) in [0, 1]."""
 
 DEFAULT_WEIGHTS = {"on_topic": 2.0, "length": 1.0, "keyword": 1.0, "no_repeats": 1.0, "coverage": 1.0}
@@ -156,25 +164,31 @@ class MajorityJudge:
         return 0.5 if votes == 0 else float(votes > 0)
 
 
-def win_rate(judge: PairwiseJudge, prompts: Sequence[str], responses: Sequence[str],
-             baseline: Sequence[str]) -> float:
+def win_rate(
+    judge: PairwiseJudge, prompts: Sequence[str], responses: Sequence[str], baseline: Sequence[str]
+) -> float:
     """Mean preference of ``responses`` over ``baseline`` (ties count one half)."""
-    return float(np.mean([judge.preference(p, a, b) for p, a, b in zip(prompts, responses, baseline, strict=True)]))
+    return float(
+        np.mean([judge.preference(p, a, b) for p, a, b in zip(prompts, responses, baseline, strict=True)])
+    )
 
 
 def distinct_n(responses: Sequence[str], n: int) -> float:
     """Distinct n-grams over all n-grams of all responses (Li et al. 2016, distinct-n)."""
-    grams = [tuple(words[i: i + n]) for words in (r.split() for r in responses) for i in range(len(words) - n + 1)]
+    grams = [
+        tuple(words[i : i + n]) for words in (r.split() for r in responses) for i in range(len(words) - n + 1)
+    ]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def per_prompt_distinct_n(responses: Sequence[str], group: int, n: int) -> float:
     """distinct-n within each run of ``group`` consecutive answers (same prompt), averaged over prompts."""
-    return float(np.mean([distinct_n(responses[i: i + group], n) for i in range(0, len(responses), group)]))
+    return float(np.mean([distinct_n(responses[i : i + group], n) for i in range(0, len(responses), group)]))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Teacher, SFT and sampling
+
 
 def teacher_response(prompt: TaskPrompt, rng: random.Random) -> str:
     """A noisy demonstration: its quality q ~ U(0, 1) sets how on-topic, on-length and clean it is."""
@@ -209,14 +223,24 @@ def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-def sft_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-               responses: Sequence[str], *, steps: int, batch_size: int = 64, learning_rate: float = 3e-3,
-               seed: int = 0) -> list[float]:
+def sft_warmup(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    steps: int,
+    batch_size: int = 64,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+) -> list[float]:
     """Supervised fine-tuning on completion tokens (+ EOS); returns the loss per step."""
     from hybridrl.preference.logprobs import token_logps
 
     prompt_ids = tokenizer(list(prompts))["input_ids"]
-    full_ids = tokenizer([p + r + tokenizer.eos_token for p, r in zip(prompts, responses, strict=True)])["input_ids"]
+    full_ids = tokenizer([p + r + tokenizer.eos_token for p, r in zip(prompts, responses, strict=True)])[
+        "input_ids"
+    ]
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
@@ -240,9 +264,16 @@ def sft_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, promp
 
 
 @torch.no_grad()
-def sample_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
-                     seed: int, temperature: float = 1.0, max_new_tokens: int = 12,
-                     batch_size: int = 512) -> tuple[list[str], float]:
+def sample_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    seed: int,
+    temperature: float = 1.0,
+    max_new_tokens: int = 12,
+    batch_size: int = 512,
+) -> tuple[list[str], float]:
     """One sampled answer per prompt (ancestral sampling, seeded) and the mean per-token entropy (nats).
 
     The entropy is that of the sampling distribution at each generated step, averaged over the tokens
@@ -259,13 +290,21 @@ def sample_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     entropy_sum, token_count = 0.0, 0
     try:
         for start in range(0, len(prompts), batch_size):
-            encoded = tokenizer(list(prompts[start: start + batch_size]), return_tensors="pt", padding=True)
+            encoded = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
             out = model.generate(
-                input_ids=encoded["input_ids"].to(device), attention_mask=encoded["attention_mask"].to(device),
-                do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                output_scores=True, return_dict_in_generate=True)
-            new_tokens = out.sequences[:, encoded["input_ids"].size(1):]
+                input_ids=encoded["input_ids"].to(device),
+                attention_mask=encoded["attention_mask"].to(device),
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+            new_tokens = out.sequences[:, encoded["input_ids"].size(1) :]
             log_probs = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # [B, steps, V]
             entropy = -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1)
             # count the steps up to and including EOS; later steps are padding
@@ -273,8 +312,9 @@ def sample_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             counted = (alive - (new_tokens == tokenizer.eos_token_id).long()) == 0
             entropy_sum += float((entropy * counted).sum())
             token_count += int(counted.sum())
-            responses.extend(" " + text.strip() for text in
-                             tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            responses.extend(
+                " " + text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            )
     finally:
         tokenizer.padding_side = old_side
         torch.random.set_rng_state(saved_state)
@@ -283,6 +323,7 @@ def sample_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 
 # ---------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, kw_only=True)
 class TaskConfig:
@@ -307,7 +348,12 @@ class TaskConfig:
 def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> dict:
     """Build the task into ``out_dir``: ``sft_model/``, ``pairs.jsonl``, ``test_prompts.jsonl``, ``task.json``."""
     from hybridrl.core.seeding import seed_everything
-    from hybridrl.preference.models import TinyLMConfig, build_tiny_model, save_model_dir, train_word_tokenizer
+    from hybridrl.preference.models import (
+        TinyLMConfig,
+        build_tiny_model,
+        save_model_dir,
+        train_word_tokenizer,
+    )
 
     config = config or TaskConfig()
     out = Path(out_dir)
@@ -315,21 +361,26 @@ def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> d
     rng = random.Random(config.seed)
     prompts = all_prompts()
     rng.shuffle(prompts)
-    test, train = prompts[: config.num_test_prompts], prompts[config.num_test_prompts:]
+    test, train = prompts[: config.num_test_prompts], prompts[config.num_test_prompts :]
     train = train[: config.num_train_prompts] if config.num_train_prompts is not None else train
 
     demo_prompts = [p.text for p in train for _ in range(config.demonstrations_per_prompt)]
     demos = [teacher_response(TaskPrompt.parse(p), rng) for p in demo_prompts]
     tokenizer = train_word_tokenizer(task_vocabulary_text())
-    model = build_tiny_model(tokenizer, TinyLMConfig(hidden_size=config.hidden_size,
-                                                     intermediate_size=2 * config.hidden_size), seed=config.seed)
+    model = build_tiny_model(
+        tokenizer,
+        TinyLMConfig(hidden_size=config.hidden_size, intermediate_size=2 * config.hidden_size),
+        seed=config.seed,
+    )
     sft_losses = sft_warmup(model, tokenizer, demo_prompts, demos, steps=config.sft_steps, seed=config.seed)
     save_model_dir(model, tokenizer, out / "sft_model")
 
     judge = WeightedJudge()
     train_texts = [p.text for p in train]
-    samples = [sample_responses(model, tokenizer, train_texts, seed=config.seed * 1000 + k)[0]
-               for k in range(config.samples_per_prompt)]
+    samples = [
+        sample_responses(model, tokenizer, train_texts, seed=config.seed * 1000 + k)[0]
+        for k in range(config.samples_per_prompt)
+    ]
     rows, ties = [], 0
     for k in range(0, config.samples_per_prompt - 1, 2):
         for prompt, first, second in zip(train_texts, samples[k], samples[k + 1], strict=True):
@@ -340,7 +391,9 @@ def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> d
             chosen, rejected = (first, second) if preference > 0.5 else (second, first)
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     atomic_write_text(out / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(out / "test_prompts.jsonl", "".join(json.dumps({"prompt": p.text}) + "\n" for p in test))
+    atomic_write_text(
+        out / "test_prompts.jsonl", "".join(json.dumps({"prompt": p.text}) + "\n" for p in test)
+    )
     sft_scores = [judge.score(p, r) for p, r in zip(train_texts, samples[0], strict=True)]
     summary = {
         "config": asdict(config),
@@ -361,9 +414,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def evaluate_against(policy: PreTrainedModel, baseline: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                     prompts: Sequence[str], *, seed: int, judge: PairwiseJudge | None = None,
-                     samples_per_prompt: int = 4, temperature: float = 1.0) -> dict[str, float]:
+def evaluate_against(
+    policy: PreTrainedModel,
+    baseline: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    seed: int,
+    judge: PairwiseJudge | None = None,
+    samples_per_prompt: int = 4,
+    temperature: float = 1.0,
+) -> dict[str, float]:
     """Win rate of ``policy`` over ``baseline`` under the judge, and the diversity of ``policy``'s answers.
 
     Each prompt is answered ``samples_per_prompt`` times by each model (seeded sampling). Diversity is
@@ -373,12 +434,16 @@ def evaluate_against(policy: PreTrainedModel, baseline: PreTrainedModel, tokeniz
     judge = judge or WeightedJudge()
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     ours, our_entropy = sample_responses(policy, tokenizer, repeated, seed=seed, temperature=temperature)
-    theirs, their_entropy = sample_responses(baseline, tokenizer, repeated, seed=seed + 1, temperature=temperature)
+    theirs, their_entropy = sample_responses(
+        baseline, tokenizer, repeated, seed=seed + 1, temperature=temperature
+    )
     scorer = judge if isinstance(judge, WeightedJudge) else WeightedJudge()
     return {
         "win_rate": win_rate(judge, repeated, ours, theirs),
         "judge_score": float(np.mean([scorer.score(p, r) for p, r in zip(repeated, ours, strict=True)])),
-        "baseline_judge_score": float(np.mean([scorer.score(p, r) for p, r in zip(repeated, theirs, strict=True)])),
+        "baseline_judge_score": float(
+            np.mean([scorer.score(p, r) for p, r in zip(repeated, theirs, strict=True)])
+        ),
         "distinct_1": per_prompt_distinct_n(ours, samples_per_prompt, 1),
         "distinct_2": per_prompt_distinct_n(ours, samples_per_prompt, 2),
         "entropy": our_entropy,

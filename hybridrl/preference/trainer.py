@@ -8,7 +8,9 @@ Where the time goes and what is not wasted:
 - reference log-probs are computed once per dataset before training (length-sorted batches, no
   gradient), cached on disk by a hash of weights and data, and looked up by pair index; the
   reference model is then freed. ``reference="model"`` keeps a frozen copy (or the LoRA base) instead;
-- chosen and rejected go through the policy in one forward (``logprobs.sequence_logps``);
+- each prompt goes through the policy once for both of its answers (``logprobs.shared_prompt_logps``:
+  its key/value cache feeds the chosen and the rejected completions); under DDP, chosen and rejected
+  go through in one concatenated forward (``logprobs.sequence_logps``);
 - batches are padded to their own longest row, not to a global maximum;
 - no gradient checkpointing, no autocast on the CPU, metrics leave the device only when logged.
 
@@ -35,8 +37,8 @@ import torch
 from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkpoint
 from hybridrl.core.logging import MetricsLogger
 from hybridrl.core.seeding import rng_state, seed_everything, set_rng_state
-from hybridrl.preference.data import PairBatch, TokenizedPairs, collate_pairs
-from hybridrl.preference.logprobs import compute_reference_logps, fingerprint, reference_mode, sequence_logps
+from hybridrl.preference.data import PairBatch, SharedPromptBatch, TokenizedPairs
+from hybridrl.preference.logprobs import collate, compute_reference_logps, fingerprint, pair_logps, reference_mode
 from hybridrl.preference.losses import PairLogps, PreferenceLossConfig, preference_loss
 from hybridrl.preference.models import disable_dropout
 
@@ -71,6 +73,9 @@ class TrainConfig:
     model: a frozen reference forward every step (TRL's default)."""
     reference_batch_size: int = 64
     """Pairs per batch when precomputing reference log-probs."""
+    share_prompt: bool = True
+    """Run each prompt once for its chosen and rejected answers (same loss, less work; see
+    logprobs.shared_prompt_logps). Single-process only: under DDP the concatenated forward is used."""
     lora_r: int = 0
     """LoRA rank through peft; 0 trains every weight."""
     lora_alpha: int = 16
@@ -89,8 +94,14 @@ class TrainConfig:
     """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every",
-                     "reference_batch_size"):
+        for name in (
+            "steps",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "log_every",
+            "save_every",
+            "reference_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
@@ -114,8 +125,13 @@ def _make_accelerator(config: TrainConfig) -> Any:
 def _apply_lora(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -132,16 +148,26 @@ class PairwiseTrainer:
         ref_model: an explicit reference model (else the initial policy / the LoRA base).
     """
 
-    def __init__(self, *, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: TokenizedPairs,
-                 loss_config: PreferenceLossConfig, train_config: TrainConfig, out_dir: str | os.PathLike,
-                 ref_model: PreTrainedModel | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        pairs: TokenizedPairs,
+        loss_config: PreferenceLossConfig,
+        train_config: TrainConfig,
+        out_dir: str | os.PathLike,
+        ref_model: PreTrainedModel | None = None,
+    ) -> None:
         if len(pairs) == 0:
             raise ValueError("no preference pairs left to train on: see the drop report of tokenize_pairs")
         self.config = train_config
         self.loss_config = loss_config
         self.pairs = pairs
         self.tokenizer = tokenizer
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         self.out_dir = Path(out_dir)
         self.accelerator = _make_accelerator(train_config)
         self.device = self.accelerator.device
@@ -161,7 +187,9 @@ class PairwiseTrainer:
         self.ref_table: torch.Tensor | None = None
 
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=train_config.learning_rate, weight_decay=train_config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            params, lr=train_config.learning_rate, weight_decay=train_config.weight_decay
+        )
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.model, self.optimizer, self.schedule = self.accelerator.prepare(model, optimizer, schedule)
         self.step = 0
@@ -179,7 +207,9 @@ class PairwiseTrainer:
 
     @property
     def global_batch_size(self) -> int:
-        return self.config.batch_size * self.config.gradient_accumulation_steps * self.accelerator.num_processes
+        return (
+            self.config.batch_size * self.config.gradient_accumulation_steps * self.accelerator.num_processes
+        )
 
     def _epoch_order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
@@ -195,8 +225,10 @@ class PairwiseTrainer:
         next ``global_batch_size`` of them; it depends only on (seed, step), which makes resume exact.
         """
         n, size = len(self.pairs), self.config.batch_size
-        start = step * self.global_batch_size + (micro * self.accelerator.num_processes
-                                                 + self.accelerator.process_index) * size
+        start = (
+            step * self.global_batch_size
+            + (micro * self.accelerator.num_processes + self.accelerator.process_index) * size
+        )
         return [self._epoch_order(position // n)[position % n] for position in range(start, start + size)]
 
     # -- reference ---------------------------------------------------------------------------------
@@ -205,7 +237,11 @@ class PairwiseTrainer:
         """Fill ``ref_table`` [N, 2] from the cache or one pass of the reference (precompute mode)."""
         if self.config.reference != "precompute" or self.ref_table is not None:
             return
-        reference = self._explicit_ref if self._explicit_ref is not None else self.accelerator.unwrap_model(self.model)
+        reference = (
+            self._explicit_ref
+            if self._explicit_ref is not None
+            else self.accelerator.unwrap_model(self.model)
+        )
         key = fingerprint(reference, self.pairs)
         path = self.out_dir / f"ref_logps-{key}.pt"
         if path.exists():
@@ -214,9 +250,15 @@ class PairwiseTrainer:
             if self._explicit_ref is not None:
                 self._explicit_ref.to(self.device)
             shard = (self.accelerator.process_index, self.accelerator.num_processes)
-            table = compute_reference_logps(reference, self.pairs, pad_token_id=self.pad_token_id,
-                                            batch_size=self.config.reference_batch_size, device=self.device,
-                                            shard=shard)
+            table = compute_reference_logps(
+                reference,
+                self.pairs,
+                pad_token_id=self.pad_token_id,
+                batch_size=self.config.reference_batch_size,
+                device=self.device,
+                shard=shard,
+                share_prompt=self.config.share_prompt and self.accelerator.num_processes == 1,
+            )
             if self.accelerator.num_processes > 1:
                 table = self.accelerator.reduce(table.to(self.device), reduction="sum").cpu()
             if self.accelerator.is_main_process:
@@ -225,23 +267,34 @@ class PairwiseTrainer:
         self._explicit_ref = None  # the reference model is not needed any more
         self.ref_table = self.ref_table.to(self.device)
 
-    def _reference_logps(self, batch: PairBatch) -> torch.Tensor:
+    def _reference_logps(self, batch: PairBatch | SharedPromptBatch) -> torch.Tensor:
         if self.ref_table is not None:
             rows = self.ref_table[batch.indices]  # [B, 2]
             return torch.cat([rows[:, 0], rows[:, 1]])
         reference = self.ref_model if self.ref_model is not None else self.model
         with reference_mode(reference):
-            return sequence_logps(reference, batch)[0]
+            return pair_logps(reference, batch)[0]
 
     # -- one step ----------------------------------------------------------------------------------
 
-    def compute_loss(self, batch: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def collate(self, indices: list[int]) -> PairBatch | SharedPromptBatch:
+        # DDP expects one forward per backward; the shared-prompt layout makes two
+        share = self.config.share_prompt and self.accelerator.num_processes == 1
+        return collate(self.pairs, indices, pad_token_id=self.pad_token_id, share_prompt=share)
+
+    def compute_loss(self, batch: PairBatch | SharedPromptBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and metrics of one pair batch (already on the device)."""
-        logps, lengths = sequence_logps(self.model, batch)
+        logps, lengths = pair_logps(self.model, batch)
         ref_logps = self._reference_logps(batch)
         half = batch.num_pairs
-        pair = PairLogps(policy_chosen=logps[:half], policy_rejected=logps[half:], ref_chosen=ref_logps[:half],
-                         ref_rejected=ref_logps[half:], chosen_lengths=lengths[:half], rejected_lengths=lengths[half:])
+        pair = PairLogps(
+            policy_chosen=logps[:half],
+            policy_rejected=logps[half:],
+            ref_chosen=ref_logps[:half],
+            ref_rejected=ref_logps[half:],
+            chosen_lengths=lengths[:half],
+            rejected_lengths=lengths[half:],
+        )
         out = preference_loss(pair, self.loss_config)
         return out.loss, {"loss": out.loss.detach(), **out.metrics}
 
@@ -252,9 +305,8 @@ class PairwiseTrainer:
         tokens = 0
         self.model.train()
         for micro in range(accumulation):
-            batch = collate_pairs(self.pairs, self.micro_batch_indices(self.step, micro),
-                                  pad_token_id=self.pad_token_id).to(self.device)
-            tokens += int(batch.attention_mask.sum())
+            batch = self.collate(self.micro_batch_indices(self.step, micro)).to(self.device)
+            tokens += batch.num_tokens()
             last = micro == accumulation - 1
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync, self.accelerator.autocast():
@@ -262,7 +314,9 @@ class PairwiseTrainer:
                 self.accelerator.backward(loss / accumulation)
             for key, value in metrics.items():
                 sums[key] = sums[key] + value / accumulation
-        sums["grad_norm"] = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        sums["grad_norm"] = self.accelerator.clip_grad_norm_(
+            self.model.parameters(), self.config.max_grad_norm
+        )
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -286,9 +340,15 @@ class PairwiseTrainer:
     def save_checkpoint(self) -> None:
         if not self.accelerator.is_main_process:
             return
-        state = {"step": self.step, "model": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
-                 "schedule": self.schedule.state_dict(), "rng": rng_state(),
-                 "train_config": asdict(self.config), "loss_config": asdict(self.loss_config)}
+        state = {
+            "step": self.step,
+            "model": self._trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": rng_state(),
+            "train_config": asdict(self.config),
+            "loss_config": asdict(self.loss_config),
+        }
         atomic_save(state, self.checkpoint_path)
 
     def load_checkpoint(self) -> bool:
@@ -327,13 +387,26 @@ class PairwiseTrainer:
         self.prepare_reference()  # before loading a checkpoint: the reference is the *initial* model
         resumed = resume and self.load_checkpoint()
         if self.accelerator.is_main_process:
-            atomic_write_json(self.out_dir / "config.json", {"train": asdict(self.config),
-                                                             "loss": asdict(self.loss_config),
-                                                             "num_pairs": len(self.pairs)})
-        logger = MetricsLogger(self.out_dir / "metrics.jsonl", truncate_after=self.step if resumed else -1) \
-            if self.accelerator.is_main_process else None
-        bar = tqdm(total=self.config.steps, initial=self.step, desc="pref train", dynamic_ncols=True,
-                   disable=not (self.config.progress and self.accelerator.is_main_process))
+            atomic_write_json(
+                self.out_dir / "config.json",
+                {
+                    "train": asdict(self.config),
+                    "loss": asdict(self.loss_config),
+                    "num_pairs": len(self.pairs),
+                },
+            )
+        logger = (
+            MetricsLogger(self.out_dir / "metrics.jsonl", truncate_after=self.step if resumed else -1)
+            if self.accelerator.is_main_process
+            else None
+        )
+        bar = tqdm(
+            total=self.config.steps,
+            initial=self.step,
+            desc="pref train",
+            dynamic_ncols=True,
+            disable=not (self.config.progress and self.accelerator.is_main_process),
+        )
         window: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
         last: dict[str, float] = {}
@@ -347,7 +420,9 @@ class PairwiseTrainer:
                 window_tokens += tokens
                 bar.update(1)
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                    last = self._log(window, window_steps, window_tokens, time.perf_counter() - window_start, logger)
+                    last = self._log(
+                        window, window_steps, window_tokens, time.perf_counter() - window_start, logger
+                    )
                     bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
                     window.clear()
                     window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
@@ -362,15 +437,23 @@ class PairwiseTrainer:
         self.accelerator.wait_for_everyone()
         return last
 
-    def _log(self, window: dict[str, torch.Tensor], steps: int, tokens: int, seconds: float,
-             logger: MetricsLogger | None) -> dict[str, float]:
+    def _log(
+        self,
+        window: dict[str, torch.Tensor],
+        steps: int,
+        tokens: int,
+        seconds: float,
+        logger: MetricsLogger | None,
+    ) -> dict[str, float]:
         keys = sorted(window)
         means = torch.stack([window[k] for k in keys]) / steps
         means = self.accelerator.reduce(means, reduction="mean")
         row = {k: float(v) for k, v in zip(keys, means.tolist(), strict=True)}
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"loss is {row['loss']} at step {self.step}: lower the learning rate")
-        all_tokens = float(self.accelerator.reduce(torch.tensor(float(tokens), device=self.device), reduction="sum"))
+        all_tokens = float(
+            self.accelerator.reduce(torch.tensor(float(tokens), device=self.device), reduction="sum")
+        )
         row["time/tokens_per_s"] = all_tokens / max(seconds, 1e-9)
         row["lr"] = self.schedule.get_last_lr()[0]
         if logger is not None:

@@ -27,7 +27,12 @@ def _rows(n: int, seed: int) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory):
     """(policy_dir, reference_dir): two tiny Llamas with different seeds and one shared tokenizer."""
-    from hybridrl.preference.models import TinyLMConfig, build_tiny_model, save_model_dir, train_word_tokenizer
+    from hybridrl.preference.models import (
+        TinyLMConfig,
+        build_tiny_model,
+        save_model_dir,
+        train_word_tokenizer,
+    )
     from hybridrl.preference.task import task_vocabulary_text
 
     root = tmp_path_factory.mktemp("tiny_lm")
@@ -45,6 +50,11 @@ def text_rows():
 
 @pytest.fixture(scope="session")
 def chat_rows(text_rows):
-    return [{"prompt": [{"role": "user", "content": r["prompt"]}],
-             "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
-             "rejected": [{"role": "assistant", "content": r["rejected"].strip()}]} for r in text_rows]
+    return [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
+            "rejected": [{"role": "assistant", "content": r["rejected"].strip()}],
+        }
+        for r in text_rows
+    ]

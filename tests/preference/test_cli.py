@@ -26,7 +26,9 @@ def invoke(*args):
 
 
 def test_unknown_divergence_is_one_line_and_exit_2(tiny_lm, pairs_file):
-    result = invoke("train", "fdpo", "--model", tiny_lm[0], "--dataset", pairs_file, "--divergence", "hellinger")
+    result = invoke(
+        "train", "fdpo", "--model", tiny_lm[0], "--dataset", pairs_file, "--divergence", "hellinger"
+    )
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown divergence 'hellinger'" in lines[0] and "js_divergence" in lines[0]
@@ -42,8 +44,19 @@ def test_unknown_method_and_loss_type(tiny_lm, pairs_file):
 def test_missing_column_and_missing_dataset(tiny_lm, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "chosen": "a", "rejected": "b"}) + "\n")
-    result = invoke("train", "dpo", "--model", tiny_lm[0], "--dataset", bad, "--steps", 1, "--out", tmp_path / "r",
-                    "--no-progress")
+    result = invoke(
+        "train",
+        "dpo",
+        "--model",
+        tiny_lm[0],
+        "--dataset",
+        bad,
+        "--steps",
+        1,
+        "--out",
+        tmp_path / "r",
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output  # no prompt column: the prompt is implicit (empty here)
     bad.write_text(json.dumps({"prompt": "q", "good": "a", "rejected": "b"}) + "\n")
     result = invoke("train", "dpo", "--model", tiny_lm[0], "--dataset", bad)
@@ -63,9 +76,29 @@ def test_all_rows_bad_is_a_clear_error(tiny_lm, tmp_path):
 
 def test_train_end_to_end(tiny_lm, pairs_file, tmp_path):
     out = tmp_path / "run"
-    result = invoke("train", "fdpo", "--model", tiny_lm[0], "--dataset", pairs_file, "--divergence", "js",
-                    "--out", out, "--steps", 2, "--batch-size", 4, "--lr", 1e-3, "--log-every", 1,
-                    "--device", "cpu", "--no-progress")
+    result = invoke(
+        "train",
+        "fdpo",
+        "--model",
+        tiny_lm[0],
+        "--dataset",
+        pairs_file,
+        "--divergence",
+        "js",
+        "--out",
+        out,
+        "--steps",
+        2,
+        "--batch-size",
+        4,
+        "--lr",
+        1e-3,
+        "--log-every",
+        1,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     assert "fdpo: 2 steps" in result.stdout
     config = json.loads((out / "config.json").read_text())
@@ -74,17 +107,27 @@ def test_train_end_to_end(tiny_lm, pairs_file, tmp_path):
 
 
 def test_importing_the_cli_does_not_import_transformers():
-    code = ("import sys, hybridrl, hybridrl.preference.cli, hybridrl.preference.losses; "
-            "print('transformers' in sys.modules or 'trl' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() == "False"
+    code = (
+        "import sys, hybridrl, hybridrl.preference.cli, hybridrl.preference.losses; "
+        "print('transformers' in sys.modules or 'trl' in sys.modules)"
+    )
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "False"
+    )
 
 
 def test_make_task_small(tmp_path):
     from hybridrl.preference.task import TaskConfig, make_task, read_jsonl
 
-    summary = make_task(tmp_path, TaskConfig(num_test_prompts=8, num_train_prompts=24, sft_steps=5,
-                                             samples_per_prompt=2, hidden_size=16))
+    summary = make_task(
+        tmp_path,
+        TaskConfig(
+            num_test_prompts=8, num_train_prompts=24, sft_steps=5, samples_per_prompt=2, hidden_size=16
+        ),
+    )
     rows = read_jsonl(tmp_path / "pairs.jsonl")
     assert summary["num_pairs"] == len(rows) and summary["num_pairs"] + summary["ties_dropped"] == 24
     train_prompts = {r["prompt"] for r in rows}

@@ -60,24 +60,28 @@ def test_unsupported_file_and_missing_path(tmp_path):
 
 def test_bad_rows_are_dropped_counted_and_reported(tokenizer, text_rows):
     long_prompt = "write " * 40 + ":"
-    rows = [*text_rows[:5],
-            {"prompt": "write two words :", "chosen": "   ", "rejected": " cat"},  # empty completion
-            {"prompt": "write two words :", "chosen": " cat", "rejected": ""},  # empty completion
-            {"prompt": "write two words :", "chosen": " cat dog", "rejected": " cat dog"},  # identical
-            {"prompt": long_prompt, "chosen": " cat", "rejected": " dog"}]  # prompt too long
+    rows = [
+        *text_rows[:5],
+        {"prompt": "write two words :", "chosen": "   ", "rejected": " cat"},  # empty completion
+        {"prompt": "write two words :", "chosen": " cat", "rejected": ""},  # empty completion
+        {"prompt": "write two words :", "chosen": " cat dog", "rejected": " cat dog"},  # identical
+        {"prompt": long_prompt, "chosen": " cat", "rejected": " dog"},
+    ]  # prompt too long
     pairs, report = tokenize_pairs(rows, tokenizer, PreferenceDataConfig(max_length=20))
     assert len(pairs) == 5 and report.total == 9 and report.kept == 5
     assert report.dropped == {"empty_completion": 2, "chosen_equals_rejected": 1, "prompt_too_long": 1}
-    assert report.summary() == ("kept 5 of 9 rows; dropped 1 chosen equals rejected, 2 empty completion, "
-                                "1 prompt too long")
+    assert report.summary() == (
+        "kept 5 of 9 rows; dropped 1 chosen equals rejected, 2 empty completion, 1 prompt too long"
+    )
 
 
 def test_max_prompt_length_drops_or_keeps_the_end(tokenizer, text_rows):
     rows = text_rows[:4]  # prompts are 10 tokens
     _, report = tokenize_pairs(rows, tokenizer, PreferenceDataConfig(max_prompt_length=6))
     assert report.dropped["prompt_too_long"] == 4
-    pairs, report = tokenize_pairs(rows, tokenizer, PreferenceDataConfig(max_prompt_length=6,
-                                                                         truncation_mode="keep_end"))
+    pairs, report = tokenize_pairs(
+        rows, tokenizer, PreferenceDataConfig(max_prompt_length=6, truncation_mode="keep_end")
+    )
     assert report.kept == 4 and all(n == 6 for n in pairs.chosen_prompt_lengths)
     full_prompt = tokenizer(rows[0]["prompt"])["input_ids"]
     assert pairs.chosen_ids[0][:6] == full_prompt[-6:]
@@ -98,11 +102,13 @@ def test_implicit_prompt_is_split_off(tokenizer):
     prompt, chosen, rejected = split_implicit_prompt("write two words : cat dog", "write two words : red fox")
     assert (prompt, chosen, rejected) == ("write two words :", " cat dog", " red fox")
     messages = [{"role": "user", "content": "hi"}]
-    prompt, chosen, rejected = split_implicit_prompt(messages + [{"role": "assistant", "content": "a"}],
-                                                     messages + [{"role": "assistant", "content": "b"}])
+    prompt, chosen, rejected = split_implicit_prompt(
+        messages + [{"role": "assistant", "content": "a"}], messages + [{"role": "assistant", "content": "b"}]
+    )
     assert prompt == messages and chosen[0]["content"] == "a"
-    pairs, report = tokenize_pairs([{"chosen": "write two words : cat dog", "rejected": "write two words : red"}],
-                                   tokenizer)
+    pairs, report = tokenize_pairs(
+        [{"chosen": "write two words : cat dog", "rejected": "write two words : red"}], tokenizer
+    )
     assert report.kept == 1 and pairs.chosen_prompt_lengths[0] == 4
 
 

@@ -32,11 +32,13 @@ def test_matches_a_per_sequence_loop(setup):
     batch = collate_pairs(pairs, indices, pad_token_id=tokenizer.pad_token_id)
     with torch.no_grad():
         logps, lengths = sequence_logps(model, batch)
-    expected = [loop_logps(model, pairs.chosen_ids[i], pairs.chosen_prompt_lengths[i]) for i in indices] + \
-               [loop_logps(model, pairs.rejected_ids[i], pairs.rejected_prompt_lengths[i]) for i in indices]
+    expected = [loop_logps(model, pairs.chosen_ids[i], pairs.chosen_prompt_lengths[i]) for i in indices] + [
+        loop_logps(model, pairs.rejected_ids[i], pairs.rejected_prompt_lengths[i]) for i in indices
+    ]
     assert logps.tolist() == pytest.approx(expected, abs=1e-4)
-    assert lengths.tolist() == [len(pairs.chosen_ids[i]) - 10 for i in indices] + \
-                               [len(pairs.rejected_ids[i]) - 10 for i in indices]
+    assert lengths.tolist() == [len(pairs.chosen_ids[i]) - 10 for i in indices] + [
+        len(pairs.rejected_ids[i]) - 10 for i in indices
+    ]
 
 
 def test_padding_and_prompt_logits_are_masked(setup):
@@ -74,7 +76,10 @@ def test_reference_table_and_cache(setup, tmp_path):
     second, hit = cached_reference_logps(model, pairs, tmp_path, pad_token_id=tokenizer.pad_token_id)
     assert hit and torch.equal(first, second)
     # shards fill disjoint rows that sum to the whole table
-    halves = [compute_reference_logps(model, pairs, pad_token_id=tokenizer.pad_token_id, shard=(r, 2)) for r in (0, 1)]
+    halves = [
+        compute_reference_logps(model, pairs, pad_token_id=tokenizer.pad_token_id, shard=(r, 2))
+        for r in (0, 1)
+    ]
     assert torch.allclose(halves[0] + halves[1], table, atol=1e-5)
 
 
@@ -86,9 +91,31 @@ def test_lora_reference_is_the_base_model(setup):
     base = compute_reference_logps(model, pairs, pad_token_id=tokenizer.pad_token_id)
     import copy
 
-    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    lora = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    )
     with_adapter = collate_pairs(pairs, list(range(len(pairs))), pad_token_id=tokenizer.pad_token_id)
     with torch.no_grad():
         adapted, _ = sequence_logps(lora, with_adapter)
     assert not torch.allclose(adapted.view(2, -1).t(), base, atol=1e-3)  # the adapter changes the policy...
-    assert torch.allclose(compute_reference_logps(lora, pairs, pad_token_id=tokenizer.pad_token_id), base, atol=1e-5)
+    assert torch.allclose(
+        compute_reference_logps(lora, pairs, pad_token_id=tokenizer.pad_token_id), base, atol=1e-5
+    )
+
+
+def test_shared_prompt_layout_equals_concatenated(setup):
+    from hybridrl.preference.data import collate_shared_prompt, shares_prompts
+    from hybridrl.preference.logprobs import shared_prompt_logps
+
+    model, tokenizer, pairs = setup
+    indices = list(range(8))
+    assert shares_prompts(pairs, indices)
+    concatenated = collate_pairs(pairs, indices, pad_token_id=tokenizer.pad_token_id)
+    shared = collate_shared_prompt(pairs, indices, pad_token_id=tokenizer.pad_token_id)
+    assert shared.num_tokens() == concatenated.num_tokens()
+    a, lengths_a = sequence_logps(model, concatenated)
+    b, lengths_b = shared_prompt_logps(model, shared)
+    assert torch.allclose(a, b, atol=1e-5) and torch.equal(lengths_a, lengths_b)
+    grads_a = torch.autograd.grad(a.sum(), list(model.parameters()))
+    grads_b = torch.autograd.grad(b.sum(), list(model.parameters()))
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b, strict=True))

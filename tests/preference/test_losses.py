@@ -20,8 +20,9 @@ from hybridrl.preference.losses import (
 
 def pair(policy_chosen, policy_rejected, ref_chosen=0.0, ref_rejected=0.0, chosen_len=1, rejected_len=1):
     t = lambda v: torch.tensor([float(v)])  # noqa: E731
-    return PairLogps(t(policy_chosen), t(policy_rejected), t(ref_chosen), t(ref_rejected), t(chosen_len),
-                     t(rejected_len))
+    return PairLogps(
+        t(policy_chosen), t(policy_rejected), t(ref_chosen), t(ref_rejected), t(chosen_len), t(rejected_len)
+    )
 
 
 @pytest.mark.parametrize("divergence", sorted(SCORE_TRANSFORMS))
@@ -57,7 +58,7 @@ def test_score_transforms_hand_computed():
     assert resolve_divergence("forward_kl")(r, 0.5).item() == pytest.approx(1 - 1 / 3)
     assert resolve_divergence("js")(r, 0.5).item() == pytest.approx(math.log(2 * 3 / 4))
     # TRL's alpha = 0.5: (u^-0.5 - 1) / -0.5
-    assert resolve_divergence("alpha")(r, 0.5).item() == pytest.approx((3 ** -0.5 - 1) / -0.5)
+    assert resolve_divergence("alpha")(r, 0.5).item() == pytest.approx((3**-0.5 - 1) / -0.5)
     # alpha -> 0 gives forward KL's 1 - 1/u
     assert resolve_divergence("alpha_divergence")(r, 0.0).item() == pytest.approx(1 - 1 / 3)
 
@@ -84,9 +85,13 @@ def test_ipo_normalises_by_length():
 
 def test_hinge_and_robust_hand_computed():
     p = pair(1.0, 0.0)
-    assert preference_loss(p, PreferenceLossConfig(loss_type="hinge", beta=0.5)).loss.item() == pytest.approx(0.5)
+    assert preference_loss(p, PreferenceLossConfig(loss_type="hinge", beta=0.5)).loss.item() == pytest.approx(
+        0.5
+    )
     eps = 0.1
-    robust = preference_loss(p, PreferenceLossConfig(loss_type="robust", beta=1.0, label_smoothing=eps)).loss.item()
+    robust = preference_loss(
+        p, PreferenceLossConfig(loss_type="robust", beta=1.0, label_smoothing=eps)
+    ).loss.item()
     expected = ((1 - eps) * math.log1p(math.exp(-1)) - eps * math.log1p(math.exp(1))) / (1 - 2 * eps)
     assert robust == pytest.approx(expected, rel=1e-6)
 
@@ -94,8 +99,9 @@ def test_hinge_and_robust_hand_computed():
 def test_gradient_flows_only_to_policy():
     logps = [torch.randn(4, requires_grad=True) for _ in range(4)]
     ref_c, ref_r = logps[2].detach(), logps[3].detach()
-    out = preference_loss(PairLogps(logps[0], logps[1], ref_c, ref_r, torch.ones(4), torch.ones(4)),
-                          PreferenceLossConfig())
+    out = preference_loss(
+        PairLogps(logps[0], logps[1], ref_c, ref_r, torch.ones(4), torch.ones(4)), PreferenceLossConfig()
+    )
     out.loss.backward()
     assert logps[0].grad is not None and logps[1].grad is not None
     assert (logps[0].grad <= 0).all() and (logps[1].grad >= 0).all()  # push chosen up, rejected down

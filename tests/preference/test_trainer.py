@@ -20,16 +20,31 @@ def pairs_and_tokenizer(tiny_lm, text_rows):
 
 def make_trainer(tiny_lm, pairs_and_tokenizer, out_dir, **overrides):
     pairs, tokenizer = pairs_and_tokenizer
-    settings = dict(steps=6, batch_size=4, learning_rate=1e-3, log_every=1, save_every=3, device="cpu",
-                    progress=False, seed=3)
+    settings = dict(
+        steps=6,
+        batch_size=4,
+        learning_rate=1e-3,
+        log_every=1,
+        save_every=3,
+        device="cpu",
+        progress=False,
+        seed=3,
+    )
     settings.update(overrides)
-    return PairwiseTrainer(model=load_causal_lm(tiny_lm[0]), tokenizer=tokenizer, pairs=pairs,
-                           loss_config=PreferenceLossConfig(beta=0.5), train_config=TrainConfig(**settings),
-                           out_dir=out_dir)
+    return PairwiseTrainer(
+        model=load_causal_lm(tiny_lm[0]),
+        tokenizer=tokenizer,
+        pairs=pairs,
+        loss_config=PreferenceLossConfig(beta=0.5),
+        train_config=TrainConfig(**settings),
+        out_dir=out_dir,
+    )
 
 
 def weights(trainer):
-    return {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+    return {
+        k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
+    }
 
 
 def test_one_step_starts_at_log2_and_updates(tiny_lm, pairs_and_tokenizer, tmp_path):
@@ -64,8 +79,9 @@ def test_resume_is_exact(tiny_lm, pairs_and_tokenizer, tmp_path):
 
 def test_gradient_accumulation_matches_a_bigger_batch(tiny_lm, pairs_and_tokenizer, tmp_path):
     big = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "big", steps=2)
-    small = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "small", steps=2, batch_size=2,
-                         gradient_accumulation_steps=2)
+    small = make_trainer(
+        tiny_lm, pairs_and_tokenizer, tmp_path / "small", steps=2, batch_size=2, gradient_accumulation_steps=2
+    )
     for trainer in (big, small):
         trainer.prepare_reference()
         trainer.train_step()
@@ -77,7 +93,9 @@ def test_gradient_accumulation_matches_a_bigger_batch(tiny_lm, pairs_and_tokeniz
 def test_reference_model_mode_equals_precomputed(tiny_lm, pairs_and_tokenizer, tmp_path):
     losses = []
     for reference in ("precompute", "model"):
-        trainer = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / reference, steps=3, reference=reference)
+        trainer = make_trainer(
+            tiny_lm, pairs_and_tokenizer, tmp_path / reference, steps=3, reference=reference
+        )
         trainer.prepare_reference()
         losses.append([trainer.train_step()[0]["loss"].item() for _ in range(3)])
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
@@ -96,6 +114,11 @@ def test_empty_dataset_is_a_clear_error(tiny_lm, pairs_and_tokenizer, tmp_path):
     from hybridrl.preference.data import TokenizedPairs
 
     with pytest.raises(ValueError, match="no preference pairs"):
-        PairwiseTrainer(model=load_causal_lm(tiny_lm[0]), tokenizer=pairs_and_tokenizer[1],
-                        pairs=TokenizedPairs([], [], [], []), loss_config=PreferenceLossConfig(),
-                        train_config=TrainConfig(device="cpu"), out_dir=tmp_path)
+        PairwiseTrainer(
+            model=load_causal_lm(tiny_lm[0]),
+            tokenizer=pairs_and_tokenizer[1],
+            pairs=TokenizedPairs([], [], [], []),
+            loss_config=PreferenceLossConfig(),
+            train_config=TrainConfig(device="cpu"),
+            out_dir=tmp_path,
+        )

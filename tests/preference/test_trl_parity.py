@@ -25,6 +25,8 @@ CASES = [
     ("ipo", "forward_kl", 0.5),
 ]
 BATCHES = [[0, 1, 2, 3], [7], [5, 11, 17, 23, 4, 9]]
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+               "logps/rejected")
 MAX_LENGTH = 18  # short enough that some sequences are truncated
 
 
@@ -32,11 +34,27 @@ def _trl_trainer(policy_dir, reference_dir, rows, tmp_path, loss_type, divergenc
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.3, loss_type=[loss_type], f_divergence_type=divergence,
-                     f_alpha_divergence_coef=alpha, max_length=MAX_LENGTH, bf16=False, gradient_checkpointing=False,
-                     use_cpu=True, report_to=[], per_device_train_batch_size=4, dataset_num_proc=None)
-    return DPOTrainer(model=str(policy_dir), ref_model=load_causal_lm(reference_dir), args=args,
-                      train_dataset=Dataset.from_list(rows), processing_class=load_tokenizer(policy_dir))
+    args = DPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        beta=0.3,
+        loss_type=[loss_type],
+        f_divergence_type=divergence,
+        f_alpha_divergence_coef=alpha,
+        max_length=MAX_LENGTH,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=4,
+        dataset_num_proc=None,
+    )
+    return DPOTrainer(
+        model=str(policy_dir),
+        ref_model=load_causal_lm(reference_dir),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=load_tokenizer(policy_dir),
+    )
 
 
 def _ours(policy_dir, reference_dir, rows, tmp_path, loss_type, divergence, alpha):
@@ -44,9 +62,14 @@ def _ours(policy_dir, reference_dir, rows, tmp_path, loss_type, divergence, alph
     pairs, report = tokenize_pairs(rows, tokenizer, PreferenceDataConfig(max_length=MAX_LENGTH))
     assert report.kept == len(rows)
     trainer = PairwiseTrainer(
-        model=load_causal_lm(policy_dir), ref_model=load_causal_lm(reference_dir), tokenizer=tokenizer, pairs=pairs,
+        model=load_causal_lm(policy_dir),
+        ref_model=load_causal_lm(reference_dir),
+        tokenizer=tokenizer,
+        pairs=pairs,
         loss_config=PreferenceLossConfig(beta=0.3, loss_type=loss_type, divergence=divergence, alpha=alpha),
-        train_config=TrainConfig(device="cpu", progress=False), out_dir=tmp_path / "ours")
+        train_config=TrainConfig(device="cpu", progress=False),
+        out_dir=tmp_path / "ours",
+    )
     trainer.prepare_reference()
     return trainer, pairs
 
@@ -75,12 +98,13 @@ def test_loss_and_rewards_match_trl(tiny_lm, text_rows, tmp_path, loss_type, div
         with torch.no_grad():
             trl_loss = theirs.compute_loss(theirs.model, trl_batch)
         trl_metrics = {k: v[-1] for k, v in theirs._metrics["train"].items()}
-        batch = collate_pairs(pairs, indices, pad_token_id=ours.pad_token_id)
-        assert torch.equal(batch.input_ids, trl_batch["input_ids"])
-        with torch.no_grad():
-            loss, metrics = ours.compute_loss(batch)
-        assert abs(float(loss) - float(trl_loss)) < 1e-5, (float(loss), float(trl_loss))
-        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                    "logps/chosen", "logps/rejected"):
-            assert abs(float(metrics[key]) - trl_metrics[key]) < 1e-5, (key, float(metrics[key]), trl_metrics[key])
+        concatenated = collate_pairs(pairs, indices, pad_token_id=ours.pad_token_id)
+        assert torch.equal(concatenated.input_ids, trl_batch["input_ids"])
+        # both layouts: the concatenated batch (as TRL) and the trainer's own (shared prompts)
+        for batch in (concatenated, ours.collate(indices)):
+            with torch.no_grad():
+                loss, metrics = ours.compute_loss(batch)
+            assert abs(float(loss) - float(trl_loss)) < 1e-5, (type(batch).__name__, float(loss), float(trl_loss))
+            for key in REWARD_KEYS:
+                assert abs(float(metrics[key]) - trl_metrics[key]) < 1e-5, (key, float(metrics[key]), trl_metrics[key])
         assert abs(float(loss) - 0.6931) > 1e-2  # policy != reference: not the trivial value
