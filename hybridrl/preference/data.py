@@ -120,7 +120,7 @@ class PairBatch:
         return self.indices.numel()
 
     def num_tokens(self) -> int:
-        """Non-padding tokens (prompt + completion, chosen + rejected), as TRL's ``num_tokens`` counts them."""
+        """Non-padding tokens (prompt + completion, chosen + rejected), counted as TRL's ``num_tokens``."""
         return int(self.attention_mask.sum())
 
     def to(self, device: torch.device) -> PairBatch:
@@ -137,7 +137,7 @@ class PairBatch:
 
 
 def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") -> Dataset:
-    """Load a dataset from a JSON/JSONL/Parquet/CSV file, a local directory or a Hub id, and check its columns.
+    """Load a dataset (JSON/JSONL/Parquet/CSV file, local directory or Hub id) and check its columns.
 
     A directory written by ``Dataset.save_to_disk`` is loaded with ``load_from_disk``; any other directory
     or a Hub id goes through ``datasets.load_dataset``.
@@ -232,7 +232,7 @@ def _common_prefix_length(a: list[int], b: list[int]) -> int:
 def _tokenize_row(
     tokenizer: PreTrainedTokenizerBase, prompt: Any, chosen: Any, rejected: Any
 ) -> tuple[list[int], list[int], list[int]]:
-    """(prompt ids, chosen completion ids, rejected completion ids), TRL's rule for where completions start."""
+    """(prompt ids, chosen completion ids, rejected completion ids), split where TRL splits them."""
     if _is_conversation(prompt):
 
         def encode(messages: list, generation_prompt: bool = False) -> list[int]:
@@ -391,32 +391,51 @@ class SharedPromptBatch:
         return int(2 * self.prompt_mask.sum() + self.completion_mask.sum())
 
     def to(self, device: torch.device) -> SharedPromptBatch:
-        return SharedPromptBatch(*(t.to(device, non_blocking=True) for t in
-                                   (self.prompt_ids, self.prompt_mask, self.completion_ids, self.completion_mask,
-                                    self.indices)))
+        return SharedPromptBatch(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (
+                    self.prompt_ids,
+                    self.prompt_mask,
+                    self.completion_ids,
+                    self.completion_mask,
+                    self.indices,
+                )
+            )
+        )
 
 
 def shares_prompts(pairs: TokenizedPairs, indices: Sequence[int]) -> bool:
     """Whether chosen and rejected start with the same non-empty prompt in every pair of ``indices``."""
     for i in indices:
         length = pairs.chosen_prompt_lengths[i]
-        if length == 0 or length != pairs.rejected_prompt_lengths[i] or \
-                pairs.chosen_ids[i][:length] != pairs.rejected_ids[i][:length]:
+        if (
+            length == 0
+            or length != pairs.rejected_prompt_lengths[i]
+            or pairs.chosen_ids[i][:length] != pairs.rejected_ids[i][:length]
+        ):
             return False
     return True
 
 
-def collate_shared_prompt(pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *,
-                          pad_token_id: int) -> SharedPromptBatch:
+def collate_shared_prompt(
+    pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *, pad_token_id: int
+) -> SharedPromptBatch:
     """Batch ``indices`` with each prompt once (see :func:`shares_prompts` for when this is valid)."""
     index_list = [int(i) for i in indices]
     prompts = [torch.tensor(pairs.chosen_ids[i][: pairs.chosen_prompt_lengths[i]]) for i in index_list]
-    completions = [torch.tensor(pairs.chosen_ids[i][pairs.chosen_prompt_lengths[i]:]) for i in index_list] + \
-                  [torch.tensor(pairs.rejected_ids[i][pairs.rejected_prompt_lengths[i]:]) for i in index_list]
+    completions = [
+        torch.tensor(pairs.chosen_ids[i][pairs.chosen_prompt_lengths[i] :]) for i in index_list
+    ] + [torch.tensor(pairs.rejected_ids[i][pairs.rejected_prompt_lengths[i] :]) for i in index_list]
     pad = torch.nn.utils.rnn.pad_sequence
     prompt_ids = pad(prompts, batch_first=True, padding_value=pad_token_id, padding_side="left")
     prompt_mask = pad([torch.ones_like(p) for p in prompts], batch_first=True, padding_side="left")
     completion_ids = pad(completions, batch_first=True, padding_value=pad_token_id)
     completion_mask = pad([torch.ones_like(c) for c in completions], batch_first=True)
-    return SharedPromptBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                             completion_mask=completion_mask, indices=torch.tensor(index_list, dtype=torch.long))
+    return SharedPromptBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        indices=torch.tensor(index_list, dtype=torch.long),
+    )

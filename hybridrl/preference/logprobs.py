@@ -80,8 +80,13 @@ def shared_prompt_logps(model: torch.nn.Module, batch: SharedPromptBatch) -> tup
     """
     num_pairs = batch.prompt_ids.size(0)
     prompt_positions = (batch.prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    prompt_out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=prompt_positions,
-                       use_cache=True, **({"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}))
+    prompt_out = model(
+        input_ids=batch.prompt_ids,
+        attention_mask=batch.prompt_mask,
+        position_ids=prompt_positions,
+        use_cache=True,
+        **({"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}),
+    )
     both = torch.cat([torch.arange(num_pairs), torch.arange(num_pairs)]).to(batch.prompt_ids.device)
     cache = prompt_out.past_key_values
     cache.reorder_cache(both)  # index_select: differentiable, prompt rows reused by chosen and rejected
@@ -89,8 +94,13 @@ def shared_prompt_logps(model: torch.nn.Module, batch: SharedPromptBatch) -> tup
     width = batch.completion_ids.size(1)
     positions = prompt_lengths[:, None] + torch.arange(width, device=batch.completion_ids.device)
     mask = torch.cat([batch.prompt_mask[both], batch.completion_mask], dim=1)
-    logits = model(input_ids=batch.completion_ids, attention_mask=mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True).logits
+    logits = model(
+        input_ids=batch.completion_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
     # the first completion token is scored by the prompt's last position, the others by the completion
     first = token_logps(prompt_out.logits[:, -1][both], batch.completion_ids[:, 0])
     rest = token_logps(logits[:, :-1], batch.completion_ids[:, 1:]) * batch.completion_mask[:, 1:]
@@ -104,9 +114,10 @@ def pair_logps(model: torch.nn.Module, batch: PairBatch | SharedPromptBatch) -> 
     return sequence_logps(model, batch)
 
 
-def collate(pairs: TokenizedPairs, indices: list[int], *, pad_token_id: int,
-            share_prompt: bool = True) -> PairBatch | SharedPromptBatch:
-    """The cheaper layout that is valid for ``indices``: shared prompts when chosen and rejected share them."""
+def collate(
+    pairs: TokenizedPairs, indices: list[int], *, pad_token_id: int, share_prompt: bool = True
+) -> PairBatch | SharedPromptBatch:
+    """The cheaper valid layout for ``indices``: shared prompts when chosen and rejected share them."""
     if share_prompt and shares_prompts(pairs, indices):
         return collate_shared_prompt(pairs, indices, pad_token_id=pad_token_id)
     return collate_pairs(pairs, indices, pad_token_id=pad_token_id)
@@ -185,7 +196,7 @@ def cached_reference_logps(
     shard: tuple[int, int] = (0, 1),
     key: str | None = None,
 ) -> tuple[Tensor, bool]:
-    """Reference log-probs from ``cache_dir`` when this model and data were seen before, else computed and saved.
+    """Reference log-probs from ``cache_dir`` if this model and data were seen before, else computed, saved.
 
     Returns the ``[N, 2]`` table (this shard's rows only when sharded, see
     :func:`compute_reference_logps`) and whether it came from the cache.

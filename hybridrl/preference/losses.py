@@ -4,7 +4,8 @@ Every loss sees the same input, a :class:`PairLogps` (summed completion log-prob
 the reference for the chosen and rejected answers, plus completion lengths), and returns one loss per
 pair. :func:`preference_loss` averages it and adds the implicit rewards and the logged metrics.
 
-DPO (Rafailov et al. 2023, arXiv 2305.18290, eq. 7), with :math:`r = \log\pi_\theta(y|x) - \log\pi_{ref}(y|x)`:
+DPO (Rafailov et al. 2023, arXiv 2305.18290, eq. 7), with
+:math:`r = \log\pi_\theta(y|x) - \log\pi_{ref}(y|x)`:
 
 .. math:: \mathcal{L}_{DPO} = -\log\sigma\big(\beta\,[s(r_w) - s(r_l)]\big)
 

@@ -346,7 +346,7 @@ class TaskConfig:
 
 
 def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> dict:
-    """Build the task into ``out_dir``: ``sft_model/``, ``pairs.jsonl``, ``test_prompts.jsonl``, ``task.json``."""
+    """Build the task into ``out_dir``: sft_model/, pairs.jsonl, test_prompts.jsonl, task.json."""
     from hybridrl.core.seeding import seed_everything
     from hybridrl.preference.models import (
         TinyLMConfig,

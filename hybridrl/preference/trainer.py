@@ -38,7 +38,13 @@ from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkp
 from hybridrl.core.logging import MetricsLogger
 from hybridrl.core.seeding import rng_state, seed_everything, set_rng_state
 from hybridrl.preference.data import PairBatch, SharedPromptBatch, TokenizedPairs
-from hybridrl.preference.logprobs import collate, compute_reference_logps, fingerprint, pair_logps, reference_mode
+from hybridrl.preference.logprobs import (
+    collate,
+    compute_reference_logps,
+    fingerprint,
+    pair_logps,
+    reference_mode,
+)
 from hybridrl.preference.losses import PairLogps, PreferenceLossConfig, preference_loss
 from hybridrl.preference.models import disable_dropout
 
@@ -282,7 +288,9 @@ class PairwiseTrainer:
         share = self.config.share_prompt and self.accelerator.num_processes == 1
         return collate(self.pairs, indices, pad_token_id=self.pad_token_id, share_prompt=share)
 
-    def compute_loss(self, batch: PairBatch | SharedPromptBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(
+        self, batch: PairBatch | SharedPromptBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and metrics of one pair batch (already on the device)."""
         logps, lengths = pair_logps(self.model, batch)
         ref_logps = self._reference_logps(batch)
@@ -299,7 +307,7 @@ class PairwiseTrainer:
         return out.loss, {"loss": out.loss.detach(), **out.metrics}
 
     def train_step(self) -> tuple[dict[str, torch.Tensor], int]:
-        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns metrics and tokens."""
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; (metrics, tokens)."""
         accumulation = self.config.gradient_accumulation_steps
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         tokens = 0
@@ -380,7 +388,7 @@ class PairwiseTrainer:
     # -- the loop ----------------------------------------------------------------------------------
 
     def train(self, *, resume: bool = True, stop_at: int | None = None) -> dict[str, float]:
-        """Train to ``config.steps`` (or pause at ``stop_at``, checkpointed); returns the last logged metrics."""
+        """Train to ``config.steps`` (or pause at ``stop_at``, checkpointed); returns the last metrics."""
         from tqdm.auto import tqdm
 
         self.out_dir.mkdir(parents=True, exist_ok=True)

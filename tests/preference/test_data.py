@@ -103,7 +103,7 @@ def test_implicit_prompt_is_split_off(tokenizer):
     assert (prompt, chosen, rejected) == ("write two words :", " cat dog", " red fox")
     messages = [{"role": "user", "content": "hi"}]
     prompt, chosen, rejected = split_implicit_prompt(
-        messages + [{"role": "assistant", "content": "a"}], messages + [{"role": "assistant", "content": "b"}]
+        [*messages, {"role": "assistant", "content": "a"}], [*messages, {"role": "assistant", "content": "b"}]
     )
     assert prompt == messages and chosen[0]["content"] == "a"
     pairs, report = tokenize_pairs(

@@ -109,9 +109,9 @@ def test_gradient_flows_only_to_policy():
 
 
 def test_unknown_names_list_valid_ones():
-    with pytest.raises(ValueError, match="unknown divergence 'kl2'.*forward_kl.*js_divergence"):
+    with pytest.raises(ValueError, match=r"unknown divergence 'kl2'.*forward_kl.*js_divergence"):
         PreferenceLossConfig(divergence="kl2")
-    with pytest.raises(ValueError, match="unknown loss_type 'nope'.*ipo.*sigmoid"):
+    with pytest.raises(ValueError, match=r"unknown loss_type 'nope'.*ipo.*sigmoid"):
         PreferenceLossConfig(loss_type="nope")
 
 

@@ -1,4 +1,4 @@
-"""Acceptance 1: per-batch loss and implicit rewards equal TRL's DPOTrainer to 1e-5 on the same model and data.
+"""Acceptance 1: per-batch loss and implicit rewards equal TRL's DPOTrainer to 1e-5 (same model and data).
 
 The policy and the reference are two different tiny Llamas, so the log-ratios are far from zero and
 the check is not the trivial log 2 of step 0.
@@ -25,8 +25,14 @@ CASES = [
     ("ipo", "forward_kl", 0.5),
 ]
 BATCHES = [[0, 1, 2, 3], [7], [5, 11, 17, 23, 4, 9]]
-REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-               "logps/rejected")
+REWARD_KEYS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
 MAX_LENGTH = 18  # short enough that some sequences are truncated
 
 
@@ -104,7 +110,15 @@ def test_loss_and_rewards_match_trl(tiny_lm, text_rows, tmp_path, loss_type, div
         for batch in (concatenated, ours.collate(indices)):
             with torch.no_grad():
                 loss, metrics = ours.compute_loss(batch)
-            assert abs(float(loss) - float(trl_loss)) < 1e-5, (type(batch).__name__, float(loss), float(trl_loss))
+            assert abs(float(loss) - float(trl_loss)) < 1e-5, (
+                type(batch).__name__,
+                float(loss),
+                float(trl_loss),
+            )
             for key in REWARD_KEYS:
-                assert abs(float(metrics[key]) - trl_metrics[key]) < 1e-5, (key, float(metrics[key]), trl_metrics[key])
+                assert abs(float(metrics[key]) - trl_metrics[key]) < 1e-5, (
+                    key,
+                    float(metrics[key]),
+                    trl_metrics[key],
+                )
         assert abs(float(loss) - 0.6931) > 1e-2  # policy != reference: not the trivial value
