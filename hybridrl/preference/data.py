@@ -161,7 +161,7 @@ def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") 
             dataset = datasets.load_dataset(str(source), split=split)
     except PreferenceDataError:
         raise
-    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+    except (FileNotFoundError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PreferenceDataError(f"cannot load dataset {str(source)!r}: {first_line}") from err
     check_columns(dataset.column_names)
