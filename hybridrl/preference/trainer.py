@@ -196,8 +196,9 @@ class PairwiseTrainer:
         optimizer = torch.optim.AdamW(
             params, lr=train_config.learning_rate, weight_decay=train_config.weight_decay
         )
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        self.model, self.optimizer, self.schedule = self.accelerator.prepare(model, optimizer, schedule)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # not prepared: accelerate would step it once per process, and our schedule counts optimizer steps
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.step = 0
         self._orders: dict[int, list[int]] = {}
 
@@ -205,8 +206,8 @@ class PairwiseTrainer:
 
     def _lr_factor(self, step: int) -> float:
         warmup = self.config.warmup_steps
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
+        if step < warmup:  # transformers' get_linear_schedule_with_warmup, which TRL uses
+            return step / max(1, warmup)
         if self.config.lr_schedule == "constant":
             return 1.0
         return max(0.0, (self.config.steps - step) / max(1, self.config.steps - warmup))

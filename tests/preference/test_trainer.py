@@ -122,3 +122,13 @@ def test_empty_dataset_is_a_clear_error(tiny_lm, pairs_and_tokenizer, tmp_path):
             train_config=TrainConfig(device="cpu"),
             out_dir=tmp_path,
         )
+
+
+def test_schedule_matches_transformers_linear_warmup(tiny_lm, pairs_and_tokenizer, tmp_path):
+    from transformers import get_linear_schedule_with_warmup
+
+    trainer = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path, steps=10, warmup_steps=3)
+    reference = get_linear_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1.0), 3, 10)
+    assert [trainer._lr_factor(s) for s in range(12)] == pytest.approx(
+        [reference.lr_lambdas[0](s) for s in range(12)]
+    )
