@@ -14,7 +14,7 @@ Variants:
 - ``trl-tuned``: DPOTrainer with ``precompute_ref_log_probs=True`` and gradient checkpointing off.
 
 tokens/s counts every non-padding token (prompt + completion, chosen + rejected) of the training
-steps after the first ``warmup_steps``, as TRL's ``num_tokens`` does.
+steps after the first ``timing_warmup_steps``, as TRL's ``num_tokens`` does.
 
     HYBRIDRL_THREADS=1 python benchmarks/preference_throughput.py --out runs/bench/throughput.json
 """
@@ -131,7 +131,7 @@ def run_hybridrl(model_dir: str, data: str, cfg: dict, out_dir: str, reference: 
         losses.append(float(metrics["loss"]))
         step_times.append(time.perf_counter() - tic)
         step_tokens.append(tokens)
-    warm = cfg["warmup_steps"]
+    warm = cfg["timing_warmup_steps"]
     return {
         "tokens_per_s": sum(step_tokens[warm:]) / sum(step_times[warm:]),
         "end_to_end_tokens_per_s": sum(step_tokens) / (sum(step_times) + setup_s),
@@ -210,7 +210,7 @@ def run_trl(model_dir: str, data: str, cfg: dict, out_dir: str, tuned: bool) -> 
     )
     trainer.train()
     total_s = time.perf_counter() - setup_start  # TRL tokenizes and precomputes in __init__
-    warm = cfg["warmup_steps"]
+    warm = cfg["timing_warmup_steps"]
     step_s = [e - b for b, e in zip(clock.begin, clock.end, strict=True)]
     per_step_tokens = [token_marks[0]] + [b - a for a, b in itertools.pairwise(token_marks)]
     return {
