@@ -6,8 +6,9 @@ max_length, same learning rate and steps, in one invocation. Each variant runs i
 repeat is reported, because this machine's CPU is shared.
 
 Variants:
-- ``hybridrl``: PairwiseTrainer, reference log-probs precomputed (default); the one-off precompute
-  time is reported separately and also folded into an end-to-end number;
+- ``hybridrl``: PairwiseTrainer, reference log-probs precomputed (default), prompts run once per
+  pair, and ``pairs_per_forward`` from the config (length-grouped model calls); the one-off
+  precompute time is folded into the end-to-end number;
 - ``hybridrl-refmodel``: PairwiseTrainer with a reference forward every step (TRL's default scheme);
 - ``trl-default``: DPOTrainer with DPOConfig defaults that run on a CPU (bf16 off): reference
   forward every step and gradient checkpointing on, as DPOConfig sets them;
@@ -114,6 +115,7 @@ def run_hybridrl(model_dir: str, data: str, cfg: dict, out_dir: str, reference: 
             batch_size=cfg["batch_size"],
             learning_rate=cfg["learning_rate"],
             reference=reference,
+            pairs_per_forward=cfg.get("hybridrl_pairs_per_forward"),
             progress=False,
             log_every=cfg["steps"],
             save_every=10**9,

@@ -93,6 +93,9 @@ def train(
         str, typer.Option(help="precompute (cached) or model (a forward per step).")
     ] = "precompute",
     lora_r: Annotated[int, typer.Option(help="LoRA rank (0: full fine-tuning).")] = 0,
+    pairs_per_forward: Annotated[
+        int | None, typer.Option(help="Pairs per model call, grouped by length (CPU: 2 is fastest here).")
+    ] = None,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
     log_every: Annotated[int, typer.Option()] = 10,
     save_every: Annotated[int, typer.Option()] = 500,
@@ -137,6 +140,7 @@ def train(
             mixed_precision=mixed_precision,  # type: ignore[arg-type]
             reference=reference,
             lora_r=lora_r,
+            pairs_per_forward=pairs_per_forward,
             log_every=log_every,
             save_every=save_every,  # type: ignore[arg-type]
             seed=seed,

@@ -132,3 +132,23 @@ def test_schedule_matches_transformers_linear_warmup(tiny_lm, pairs_and_tokenize
     assert [trainer._lr_factor(s) for s in range(12)] == pytest.approx(
         [reference.lr_lambdas[0](s) for s in range(12)]
     )
+
+
+def test_length_chunks_leave_loss_and_gradient_unchanged(tiny_lm, pairs_and_tokenizer, tmp_path):
+    whole = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "whole", batch_size=6)
+    chunked = make_trainer(
+        tiny_lm, pairs_and_tokenizer, tmp_path / "chunked", batch_size=6, pairs_per_forward=2
+    )
+    indices = whole.micro_batch_indices(0, 0)
+    chunks = chunked.length_chunks(indices)
+    assert len(chunks) == 3 and sorted(i for chunk in chunks for i in chunk) == sorted(indices)
+    results = []
+    for trainer, groups in ((whole, [indices]), (chunked, chunks)):
+        trainer.prepare_reference()
+        loss, metrics = trainer.compute_loss([trainer.collate(group) for group in groups])
+        loss.backward()
+        grads = [p.grad.clone() for p in trainer.model.parameters()]
+        results.append((loss.item(), metrics["rewards/margins"].item(), grads))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert results[0][1] == pytest.approx(results[1][1], abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][2], results[1][2], strict=True))
