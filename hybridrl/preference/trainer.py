@@ -77,8 +77,9 @@ class TrainConfig:
     reference: Literal["precompute", "model"] = "precompute"
     """precompute: reference log-probs once per dataset, cached (TRL precompute_ref_log_probs=True);
     model: a frozen reference forward every step (TRL's default)."""
-    reference_batch_size: int = 64
-    """Pairs per batch when precomputing reference log-probs."""
+    reference_batch_size: int | None = None
+    """Pairs per batch when precomputing reference log-probs (None: batch_size, as TRL's
+    precompute_ref_batch_size; larger is faster but raises peak memory above training's)."""
     pairs_per_forward: int | None = None
     """Pairs per model call inside a micro-batch, grouped by length (None: all at once). Smaller groups
     carry less padding (a CPU win); larger ones use a GPU better. Loss and gradient are unchanged."""
@@ -103,16 +104,13 @@ class TrainConfig:
     """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
-        for name in (
-            "steps",
-            "batch_size",
-            "gradient_accumulation_steps",
-            "log_every",
-            "save_every",
-            "reference_batch_size",
-        ):
+        for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.reference_batch_size is not None and self.reference_batch_size < 1:
+            raise ValueError(
+                f"reference_batch_size must be at least 1 or None, got {self.reference_batch_size}"
+            )
         if self.pairs_per_forward is not None and self.pairs_per_forward < 1:
             raise ValueError(f"pairs_per_forward must be at least 1 or None, got {self.pairs_per_forward}")
         if self.learning_rate <= 0:
@@ -266,7 +264,7 @@ class PairwiseTrainer:
                 reference,
                 self.pairs,
                 pad_token_id=self.pad_token_id,
-                batch_size=self.config.reference_batch_size,
+                batch_size=self.config.reference_batch_size or self.config.batch_size,
                 device=self.device,
                 shard=shard,
                 share_prompt=self.config.share_prompt and self.accelerator.num_processes == 1,
