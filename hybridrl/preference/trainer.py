@@ -11,7 +11,8 @@ Where the time goes and what is not wasted:
 - each prompt goes through the policy once for both of its answers (``logprobs.shared_prompt_logps``:
   its key/value cache feeds the chosen and the rejected completions); under DDP, chosen and rejected
   go through in one concatenated forward (``logprobs.sequence_logps``);
-- batches are padded to their own longest row, not to a global maximum;
+- batches are padded to their own longest row, not to a global maximum; with ``pairs_per_forward``
+  a micro-batch is further split into length-sorted groups, each padded to its own longest row;
 - no gradient checkpointing, no autocast on the CPU, metrics leave the device only when logged.
 
 Checkpoints (``checkpoint.pt``, written atomically) hold the weights (the adapter only with LoRA),
@@ -341,8 +342,9 @@ class PairwiseTrainer:
         self.model.train()
         for micro in range(accumulation):
             chunks = self.length_chunks(self.micro_batch_indices(self.step, micro))
-            batches = [self.collate(chunk).to(self.device) for chunk in chunks]
-            tokens += sum(batch.num_tokens() for batch in batches)
+            batches = [self.collate(chunk) for chunk in chunks]
+            tokens += sum(batch.num_tokens() for batch in batches)  # counted on the CPU: no device sync
+            batches = [batch.to(self.device) for batch in batches]
             last = micro == accumulation - 1
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync, self.accelerator.autocast():
