@@ -1,1 +1,7 @@
-"""Preference optimization and Nash learning for language models and tabular games."""
+"""Preference optimization and Nash learning for language models and tabular games.
+
+Pairwise methods (DPO, IPO, f-DPO) train through ``trainer``; tabular preference games and their
+Nash solvers live in ``games``. Importing this package imports neither transformers nor TRL: the
+submodules that need them (``models``, ``data``, ``trainer``, ``task``) import them inside their
+functions.
+"""

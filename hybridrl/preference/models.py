@@ -1,0 +1,159 @@
+"""Causal language models for preference training: a tiny one built locally, or any HF id or path.
+
+The tiny model exists so that tests, the demo and the CPU benchmarks never download anything: its
+tokenizer is a word-level vocabulary trained with `tokenizers` on the task's own text, and the model
+is a 2-layer Llama built from a config. Both are saved with ``save_pretrained`` so that every other
+piece of code (ours, TRL's) loads them like any Hugging Face model directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+ROLE_TOKENS = ("<system>", "<user>", "<assistant>")
+SPECIAL_TOKENS = (PAD, UNK, EOS, *ROLE_TOKENS)
+
+# A minimal chat template: one role token per turn, EOS after each assistant turn (so that a conversational
+# completion ends like a plain-text one, which gets EOS appended by the data pipeline).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<{{ message['role'] }}> {{ message['content'] }} "
+    "{% if message['role'] == 'assistant' %}<eos> {% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TinyLMConfig:
+    """Shape of the tiny Llama used in tests and CPU benchmarks (the TRL test models are of this size)."""
+
+    hidden_size: int = 64
+    """Width of the residual stream (TRL's tiny test models use 8-64)."""
+    num_layers: int = 2
+    """Transformer blocks; 2 is the smallest that can copy a prompt word (an induction head)."""
+    num_heads: int = 4
+    """Attention heads; head size is hidden_size / num_heads."""
+    intermediate_size: int = 128
+    """MLP width (2x hidden here instead of Llama's ~2.7x: the task is small)."""
+    max_position_embeddings: int = 512
+    """Longest sequence the rotary embedding is configured for."""
+    initializer_range: float = 0.02
+    """Std of the initial weights (Llama default); tests raise it to get far-from-uniform outputs."""
+
+
+def train_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerBase:
+    """Train a word-level tokenizer on ``texts``; words are split on whitespace and punctuation.
+
+    The tokenizer has ``<pad>``, ``<unk>``, ``<eos>`` and the role tokens, no BOS, and a chat template.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(texts, trainer=trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS)))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        unk_token=UNK,
+        eos_token=EOS,
+        additional_special_tokens=list(ROLE_TOKENS),
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerBase, config: TinyLMConfig | None = None, *, seed: int = 0
+) -> PreTrainedModel:
+    """A randomly initialised Llama sized by ``config`` with ``tokenizer``'s vocabulary (seeded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = config or TinyLMConfig()
+    llama_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # the same seed gives the same weights, without touching the caller's RNG
+    model = LlamaForCausalLM(llama_config)
+    torch.random.set_rng_state(generator_state)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
+def save_model_dir(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike
+) -> Path:
+    """Write ``model`` and ``tokenizer`` as a normal HF model directory (safetensors weights)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """Load a tokenizer; a missing pad token falls back to EOS (the HF convention TRL follows)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    except OSError as err:
+        raise ValueError(
+            f"cannot load a tokenizer from {name_or_path!r}: pass a local model directory "
+            f"or a Hugging Face model id ({err.__class__.__name__})"
+        ) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load any causal LM by HF id or local path (float32 unless ``dtype`` says otherwise)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype or torch.float32)
+    except OSError as err:
+        raise ValueError(
+            f"cannot load a causal LM from {name_or_path!r}: pass a local model directory "
+            f"or a Hugging Face model id ({err.__class__.__name__})"
+        ) from err
+    return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0, as TRL does by default (``disable_dropout=True``).
+
+    With dropout the policy's log-probs at step 0 would differ from the precomputed reference ones.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "attention_dropout"):
+        config.attention_dropout = 0.0  # Llama-style attention applies it functionally, not as a module

@@ -1,0 +1,505 @@
+"""One trainer for offline pairwise preference methods (DPO, IPO, f-DPO, ...) on ``accelerate``.
+
+Runs on the CPU, one GPU, or several GPUs under ``accelerate launch`` (data-parallel; each process
+takes its slice of every global batch). Per optimizer step it sees
+``batch_size x gradient_accumulation_steps x num_processes`` pairs.
+
+Where the time goes and what is not wasted:
+- reference log-probs are computed once per dataset before training (length-sorted batches, no
+  gradient), cached on disk by a hash of weights and data, and looked up by pair index; the
+  reference model is then freed. ``reference="model"`` keeps a frozen copy (or the LoRA base) instead;
+- each prompt goes through the policy once for both of its answers (``logprobs.shared_prompt_logps``:
+  its key/value cache feeds the chosen and the rejected completions); under DDP, chosen and rejected
+  go through in one concatenated forward (``logprobs.sequence_logps``);
+- batches are padded to their own longest row, not to a global maximum; with ``pairs_per_forward``
+  a micro-batch is further split into length-sorted groups, each padded to its own longest row;
+- no gradient checkpointing, no autocast on the CPU, metrics leave the device only when logged.
+
+Checkpoints (``checkpoint.pt``, written atomically) hold the weights (the adapter only with LoRA),
+optimizer, schedule, step and RNG states; the data order is a function of (seed, step), so a resumed
+run sees exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkpoint
+from hybridrl.core.logging import MetricsLogger
+from hybridrl.core.seeding import rng_state, seed_everything, set_rng_state
+from hybridrl.preference.data import PairBatch, SharedPromptBatch, TokenizedPairs
+from hybridrl.preference.logprobs import (
+    collate,
+    compute_reference_logps,
+    fingerprint,
+    pair_logps,
+    reference_mode,
+)
+from hybridrl.preference.losses import PairLogps, PreferenceLossConfig, preference_loss
+from hybridrl.preference.models import disable_dropout
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation and run settings; defaults follow TRL's ``DPOConfig`` unless said otherwise."""
+
+    steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Pairs per process per micro-batch (TRL/HF ``per_device_train_batch_size`` default)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step (HF default)."""
+    learning_rate: float = 1e-6
+    """AdamW step size (TRL DPOConfig default; the DPO paper used 1e-6 too, with RMSprop)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (HF default)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps (HF default 0; the DPO paper used 150)."""
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    """Decay after warm-up: linear to 0 (HF default) or constant."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (HF default)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """accelerate autocast; log-probs are computed in float32 regardless. TRL defaults to bf16 on GPU."""
+    reference: Literal["precompute", "model"] = "precompute"
+    """precompute: reference log-probs once per dataset, cached (TRL precompute_ref_log_probs=True);
+    model: a frozen reference forward every step (TRL's default)."""
+    reference_batch_size: int | None = None
+    """Pairs per batch when precomputing reference log-probs (None: batch_size, as TRL's
+    precompute_ref_batch_size; larger is faster but raises peak memory above training's)."""
+    pairs_per_forward: int | None = None
+    """Pairs per model call inside a micro-batch, grouped by length (None: all at once). Smaller groups
+    carry less padding (a CPU win); larger ones use a GPU better. Loss and gradient are unchanged."""
+    share_prompt: bool = True
+    """Run each prompt once for its chosen and rejected answers (same loss, less work; see
+    logprobs.shared_prompt_logps). Single-process only: under DDP the concatenated forward is used."""
+    lora_r: int = 0
+    """LoRA rank through peft; 0 trains every weight."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (peft's examples use 2r)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout (0 keeps the policy equal to the reference at step 0)."""
+    log_every: int = 10
+    """Steps between metric lines (TRL logging_steps default)."""
+    save_every: int = 500
+    """Steps between checkpoints (HF save_steps default); one is always written at the end."""
+    seed: int = 0
+    """Seeds data order and any randomness in the model."""
+    device: str | None = None
+    """'cpu', 'cuda', 'cuda:N' or None for automatic (accelerate launch decides under several processes)."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.reference_batch_size is not None and self.reference_batch_size < 1:
+            raise ValueError(
+                f"reference_batch_size must be at least 1 or None, got {self.reference_batch_size}"
+            )
+        if self.pairs_per_forward is not None and self.pairs_per_forward < 1:
+            raise ValueError(f"pairs_per_forward must be at least 1 or None, got {self.pairs_per_forward}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+def _make_accelerator(config: TrainConfig) -> Any:
+    from accelerate import Accelerator
+
+    from hybridrl.core.seeding import resolve_device
+
+    use_cpu = False
+    if config.device not in (None, "", "auto"):
+        device = resolve_device(config.device)  # one-line error when CUDA is asked for and absent
+        use_cpu = device.type == "cpu"
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # single process on a chosen GPU
+    return Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision)
+
+
+def _apply_lora(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+class PairwiseTrainer:
+    """Trains a causal LM on tokenized preference pairs with a loss from ``losses.LOSSES``.
+
+    Args:
+        model: the policy; it is also the reference (its initial weights) unless ``ref_model`` is given.
+        tokenizer: gives the pad token and is saved beside the final model.
+        pairs: the output of ``data.tokenize_pairs``.
+        loss_config: loss name, beta, divergence.
+        train_config: optimisation and run settings.
+        out_dir: checkpoints, metrics.jsonl, config.json, the reference cache and the final model.
+        ref_model: an explicit reference model (else the initial policy / the LoRA base).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        pairs: TokenizedPairs,
+        loss_config: PreferenceLossConfig,
+        train_config: TrainConfig,
+        out_dir: str | os.PathLike,
+        ref_model: PreTrainedModel | None = None,
+    ) -> None:
+        if len(pairs) == 0:
+            raise ValueError("no preference pairs left to train on: see the drop report of tokenize_pairs")
+        self.config = train_config
+        self.loss_config = loss_config
+        self.pairs = pairs
+        self.tokenizer = tokenizer
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self.out_dir = Path(out_dir)
+        self.accelerator = _make_accelerator(train_config)
+        self.device = self.accelerator.device
+        seed_everything(train_config.seed)
+
+        disable_dropout(model)
+        if train_config.lora_r > 0:
+            model = _apply_lora(model, train_config)
+        model.to(self.device)
+        self.ref_model = None
+        if train_config.reference == "model" and (ref_model is not None or train_config.lora_r == 0):
+            # a frozen copy of the initial policy when no reference is given (TRL loads it from the path)
+            ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
+            disable_dropout(ref_model)
+            self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
+        self._explicit_ref = ref_model if train_config.reference == "precompute" else None
+        self.ref_table: torch.Tensor | None = None
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=train_config.learning_rate, weight_decay=train_config.weight_decay
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # not prepared: accelerate would step it once per process, and our schedule counts optimizer steps
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        self.step = 0
+        self._orders: dict[int, list[int]] = {}
+
+    # -- schedule and data order -------------------------------------------------------------------
+
+    def _lr_factor(self, step: int) -> float:
+        warmup = self.config.warmup_steps
+        if step < warmup:  # transformers' get_linear_schedule_with_warmup, which TRL uses
+            return step / max(1, warmup)
+        if self.config.lr_schedule == "constant":
+            return 1.0
+        return max(0.0, (self.config.steps - step) / max(1, self.config.steps - warmup))
+
+    @property
+    def global_batch_size(self) -> int:
+        return (
+            self.config.batch_size * self.config.gradient_accumulation_steps * self.accelerator.num_processes
+        )
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}  # keep two epochs
+            self._orders[epoch] = torch.randperm(len(self.pairs), generator=generator).tolist()
+        return self._orders[epoch]
+
+    def micro_batch_indices(self, step: int, micro: int) -> list[int]:
+        """Pair indices of micro-batch ``micro`` of optimizer step ``step`` on this process.
+
+        The stream of pairs is the concatenation of seeded per-epoch permutations; a global batch is the
+        next ``global_batch_size`` of them; it depends only on (seed, step), which makes resume exact.
+        """
+        n, size = len(self.pairs), self.config.batch_size
+        start = (
+            step * self.global_batch_size
+            + (micro * self.accelerator.num_processes + self.accelerator.process_index) * size
+        )
+        return [self._epoch_order(position // n)[position % n] for position in range(start, start + size)]
+
+    # -- reference ---------------------------------------------------------------------------------
+
+    def prepare_reference(self) -> None:
+        """Fill ``ref_table`` [N, 2] from the cache or one pass of the reference (precompute mode)."""
+        if self.config.reference != "precompute" or self.ref_table is not None:
+            return
+        reference = (
+            self._explicit_ref
+            if self._explicit_ref is not None
+            else self.accelerator.unwrap_model(self.model)
+        )
+        key = fingerprint(reference, self.pairs)
+        path = self.out_dir / f"ref_logps-{key}.pt"
+        if path.exists():
+            self.ref_table = load_checkpoint(path)["ref_logps"]
+        else:
+            if self._explicit_ref is not None:
+                self._explicit_ref.to(self.device)
+            shard = (self.accelerator.process_index, self.accelerator.num_processes)
+            table = compute_reference_logps(
+                reference,
+                self.pairs,
+                pad_token_id=self.pad_token_id,
+                batch_size=self.config.reference_batch_size or self.config.batch_size,
+                device=self.device,
+                shard=shard,
+                share_prompt=self.config.share_prompt and self.accelerator.num_processes == 1,
+            )
+            if self.accelerator.num_processes > 1:
+                table = self.accelerator.reduce(table.to(self.device), reduction="sum").cpu()
+            if self.accelerator.is_main_process:
+                atomic_save({"ref_logps": table, "key": key}, path)
+            self.ref_table = table
+        self._explicit_ref = None  # the reference model is not needed any more
+        self.ref_table = self.ref_table.to(self.device)
+
+    def _reference_logps(self, batch: PairBatch | SharedPromptBatch) -> torch.Tensor:
+        if self.ref_table is not None:
+            rows = self.ref_table[batch.indices]  # [B, 2]
+            return torch.cat([rows[:, 0], rows[:, 1]])
+        reference = self.ref_model if self.ref_model is not None else self.model
+        with reference_mode(reference):
+            return pair_logps(reference, batch)[0]
+
+    # -- one step ----------------------------------------------------------------------------------
+
+    def collate(self, indices: list[int]) -> PairBatch | SharedPromptBatch:
+        # DDP expects one forward per backward; the shared-prompt layout makes two
+        share = self.config.share_prompt and self.accelerator.num_processes == 1
+        return collate(self.pairs, indices, pad_token_id=self.pad_token_id, share_prompt=share)
+
+    def length_chunks(self, indices: list[int]) -> list[list[int]]:
+        """Split a micro-batch into groups of ``pairs_per_forward`` pairs of similar length.
+
+        Each group is padded to its own longest row, so short pairs stop paying for long ones. The
+        loss is a mean over pairs, so grouping changes neither the loss nor the gradient.
+        """
+        size = self.config.pairs_per_forward
+        if size is None or size >= len(indices):
+            return [indices]
+        pairs = self.pairs
+
+        def length(i: int) -> int:
+            return max(len(pairs.chosen_ids[i]), len(pairs.rejected_ids[i]))
+
+        ordered = sorted(indices, key=length)
+        return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+    def compute_loss(
+        self, batches: PairBatch | SharedPromptBatch | list[PairBatch | SharedPromptBatch]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss and metrics of the pairs of one batch, or of several batches as one (on the device)."""
+        parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for batch in batches if isinstance(batches, list) else [batches]:
+            logps, lengths = pair_logps(self.model, batch)
+            ref_logps = self._reference_logps(batch)
+            half = batch.num_pairs
+            for name, values in (("logps", logps), ("lengths", lengths), ("ref", ref_logps)):
+                parts[f"chosen_{name}"].append(values[:half])
+                parts[f"rejected_{name}"].append(values[half:])
+        joined = {key: torch.cat(values) for key, values in parts.items()}
+        pair = PairLogps(
+            policy_chosen=joined["chosen_logps"],
+            policy_rejected=joined["rejected_logps"],
+            ref_chosen=joined["chosen_ref"],
+            ref_rejected=joined["rejected_ref"],
+            chosen_lengths=joined["chosen_lengths"],
+            rejected_lengths=joined["rejected_lengths"],
+        )
+        out = preference_loss(pair, self.loss_config)
+        return out.loss, {"loss": out.loss.detach(), **out.metrics}
+
+    def train_step(self) -> tuple[dict[str, torch.Tensor], int]:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; (metrics, tokens)."""
+        accumulation = self.config.gradient_accumulation_steps
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        tokens = 0
+        self.model.train()
+        for micro in range(accumulation):
+            chunks = self.length_chunks(self.micro_batch_indices(self.step, micro))
+            batches = [self.collate(chunk) for chunk in chunks]
+            tokens += sum(batch.num_tokens() for batch in batches)  # counted on the CPU: no device sync
+            batches = [batch.to(self.device) for batch in batches]
+            last = micro == accumulation - 1
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            with sync, self.accelerator.autocast():
+                loss, metrics = self.compute_loss(batches)
+                self.accelerator.backward(loss / accumulation)
+            for key, value in metrics.items():
+                sums[key] = sums[key] + value / accumulation
+        sums["grad_norm"] = self.accelerator.clip_grad_norm_(
+            self.model.parameters(), self.config.max_grad_norm
+        )
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return sums, tokens
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        model = self.accelerator.unwrap_model(self.model)
+        if self.config.lora_r > 0:
+            from peft import get_peft_model_state_dict
+
+            return get_peft_model_state_dict(model)
+        return model.state_dict()
+
+    def save_checkpoint(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        state = {
+            "step": self.step,
+            "model": self._trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": rng_state(),
+            "train_config": asdict(self.config),
+            "loss_config": asdict(self.loss_config),
+        }
+        atomic_save(state, self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        """Resume from ``checkpoint.pt`` when present; returns whether it was."""
+        if not self.checkpoint_path.exists():
+            return False
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.config.lora_r > 0:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, state["model"])
+        else:
+            model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+        return True
+
+    def save_model(self, path: str | os.PathLike | None = None) -> Path:
+        """Save the policy (the adapter alone with LoRA) and tokenizer as an HF model directory."""
+        path = Path(path) if path is not None else self.out_dir / "model"
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
+        return path
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def train(self, *, resume: bool = True, stop_at: int | None = None) -> dict[str, float]:
+        """Train to ``config.steps`` (or pause at ``stop_at``, checkpointed); returns the last metrics."""
+        from tqdm.auto import tqdm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_reference()  # before loading a checkpoint: the reference is the *initial* model
+        resumed = resume and self.load_checkpoint()
+        if self.accelerator.is_main_process:
+            atomic_write_json(
+                self.out_dir / "config.json",
+                {
+                    "train": asdict(self.config),
+                    "loss": asdict(self.loss_config),
+                    "num_pairs": len(self.pairs),
+                },
+            )
+        logger = (
+            MetricsLogger(self.out_dir / "metrics.jsonl", truncate_after=self.step if resumed else -1)
+            if self.accelerator.is_main_process
+            else None
+        )
+        bar = tqdm(
+            total=self.config.steps,
+            initial=self.step,
+            desc="pref train",
+            dynamic_ncols=True,
+            disable=not (self.config.progress and self.accelerator.is_main_process),
+        )
+        window: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
+        last: dict[str, float] = {}
+        try:
+            end = self.config.steps if stop_at is None else min(stop_at, self.config.steps)
+            while self.step < end:
+                metrics, tokens = self.train_step()
+                for key, value in metrics.items():
+                    window[key] = window[key] + value.detach()
+                window_steps += 1
+                window_tokens += tokens
+                bar.update(1)
+                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                    last = self._log(
+                        window, window_steps, window_tokens, time.perf_counter() - window_start, logger
+                    )
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
+                    window.clear()
+                    window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
+                if self.step % self.config.save_every == 0 or self.step == end:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if logger is not None:
+                logger.close()
+        if self.step >= self.config.steps:
+            self.save_model()
+        self.accelerator.wait_for_everyone()
+        return last
+
+    def _log(
+        self,
+        window: dict[str, torch.Tensor],
+        steps: int,
+        tokens: int,
+        seconds: float,
+        logger: MetricsLogger | None,
+    ) -> dict[str, float]:
+        keys = sorted(window)
+        means = torch.stack([window[k] for k in keys]) / steps
+        means = self.accelerator.reduce(means, reduction="mean")
+        row = {k: float(v) for k, v in zip(keys, means.tolist(), strict=True)}
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"loss is {row['loss']} at step {self.step}: lower the learning rate")
+        all_tokens = float(
+            self.accelerator.reduce(torch.tensor(float(tokens), device=self.device), reduction="sum")
+        )
+        row["time/tokens_per_s"] = all_tokens / max(seconds, 1e-9)
+        row["lr"] = self.schedule.get_last_lr()[0]
+        if logger is not None:
+            logger.log(self.step, row)
+        return row
+
+
+def metrics_summary(path: str | os.PathLike) -> str:
+    """Last line of a metrics file, for the CLI's one-line summary."""
+    lines = Path(path).read_text().splitlines()
+    return json.dumps(json.loads(lines[-1])) if lines else "{}"
