@@ -19,7 +19,7 @@ import typer
 from hybridrl.core.seeding import num_threads_from_env
 
 app = typer.Typer(
-    help="Preference optimization on language models (DPO, IPO, f-DPO).",
+    help="Preference optimization on language models (DPO, IPO, f-DPO) and Nash learning on games.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -225,6 +225,41 @@ def eval_task_command(
         typer.echo(json.dumps(result, indent=2))
 
     _run(body)
+
+
+@app.command("games")
+def games_command(
+    method: Annotated[
+        list[str] | None, typer.Option(help="nash_mp, egpo, nash_md, inpo, sppo or online_ipo; repeat.")
+    ] = None,
+    n: Annotated[int, typer.Option(help="Responses per game (the game is n x n).")] = 10,
+    beta: Annotated[float, typer.Option(help="KL regularization toward the reference.")] = 0.1,
+    iterations: int = 3000,
+    samples: Annotated[int | None, typer.Option(help="Preference queries per estimate (default: exact).")] = None,
+    games: Annotated[int, typer.Option(help="Random intransitive games, solved together.")] = 10,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Path, typer.Option(help="PNG of the duality gap per iteration (a .json beside it).")] = Path(
+        "runs/nash_games.png"
+    ),
+) -> None:
+    """Duality gap vs iteration of Nash-learning methods on random intransitive preference games."""
+    from hybridrl.preference.games import METHODS, plot_gap_curves
+
+    methods = method or ["nash_mp", "egpo", "nash_md", "inpo", "online_ipo", "sppo"]
+    with _one_line_errors():
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}: use {', '.join(METHODS)}")
+        try:
+            summary = plot_gap_curves(methods, n=n, beta=beta, iterations=iterations, samples=samples, seed=seed,
+                                      out_path=out, num_games=games, device=device)
+        except ModuleNotFoundError as err:
+            raise ValueError(f"plotting needs matplotlib ({err}): pip install 'hybridrl[bench]'") from err
+    typer.echo(f"{'method':<12} {'final gap (median)':>20} {'final gap (max)':>18}   ({games} games, seed {seed})")
+    for name, row in summary.items():
+        typer.echo(f"{name:<12} {row['gap_final_median']:>20.3g} {row['gap_final_max']:>18.3g}")
+    typer.echo(f"plot: {out}")
 
 
 def main() -> None:  # `python -m hybridrl.preference.cli`

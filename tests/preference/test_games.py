@@ -424,3 +424,20 @@ def test_cuda_matches_cpu() -> None:
     torch.testing.assert_close(
         equilibrium.cpu(), regularized_nash_batched(P, reference, 0.1), atol=1e-13, rtol=0
     )
+
+
+def test_cli_games_prints_final_gaps_and_rejects_unknown_methods(tmp_path):
+    pytest.importorskip("matplotlib")
+    from typer.testing import CliRunner
+
+    from hybridrl.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "gap.png"
+    result = runner.invoke(app, ["pref", "games", "--method", "nash_mp", "--method", "sppo", "--iterations", "100",
+                                 "--games", "2", "--n", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and out.with_suffix(".json").exists()
+    assert "nash_mp" in result.output and "sppo" in result.output
+    result = runner.invoke(app, ["pref", "games", "--method", "nope"])
+    assert result.exit_code == 2 and "unknown method(s) ['nope']" in result.stderr
