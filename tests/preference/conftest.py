@@ -9,6 +9,17 @@ import pytest
 pytest.importorskip("transformers")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module on one torch thread, restoring the count afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _rows(n: int, seed: int) -> list[dict]:
     from hybridrl.preference.task import TaskPrompt, all_prompts, teacher_response
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,14 +24,8 @@ from hybridrl.preference.games import (
     solve_batched,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These tensors are tiny (n <= 10): extra intra-op threads only add overhead, badly so on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors (n <= 10): extra intra-op threads only add overhead, badly so on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rock_paper_scissors(strength: float = 0.3) -> np.ndarray:
