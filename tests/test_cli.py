@@ -5,7 +5,7 @@ import json
 import minari
 import numpy as np
 import pytest
-from conftest import TINY_DATASET, make_episode
+from _support import TINY_DATASET, make_episode
 from minari.data_collector import EpisodeBuffer
 from typer.testing import CliRunner
 

@@ -3,7 +3,7 @@
 import minari
 import numpy as np
 import pytest
-from conftest import TINY_DATASET, make_episode
+from _support import TINY_DATASET, make_episode
 
 from hybridrl.control import datasets
 from hybridrl.control.datasets import DatasetError, episodes_to_transitions

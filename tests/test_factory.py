@@ -10,7 +10,7 @@ import time
 import minari
 import numpy as np
 import pytest
-from conftest import TINY_DATASET
+from _support import TINY_DATASET
 
 from hybridrl.control import datasets
 from hybridrl.factory import FactoryConfig, make_dataset, transitions_to_episodes

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DATASET
+from _support import TINY_DATASET
 
 from hybridrl.core.buffers import TransitionBuffer
 from hybridrl.core.checkpoint import load_checkpoint
