@@ -30,11 +30,12 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from hybridrl.control.datasets import DatasetError
+        from hybridrl.factory import BehaviourPolicyError
         from hybridrl.runners import DivergenceError, RunDirectoryError
 
         try:
             return fn(*args, **kwargs)
-        except DivergenceError as err:
+        except (DivergenceError, BehaviourPolicyError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(EXIT_DIVERGED) from None
         except (DatasetError, RunDirectoryError, ValueError, KeyError, FileNotFoundError) as err:

@@ -62,6 +62,10 @@ FULL = FactoryConfig()
 SMALL = FactoryConfig(transitions=100_000, sac_steps=300_000, preset="small")
 
 
+class BehaviourPolicyError(RuntimeError):
+    """The SAC run could not produce the behaviour policy a recipe needs."""
+
+
 class MediumReached(Exception):
     """Raised inside the SAC run to stop it once the medium policy is saved."""
 
@@ -159,7 +163,7 @@ def train_behaviour(task: str, *, seed: int, config: FactoryConfig, until: str, 
     except MediumReached:
         return home
     if not medium_path.exists():
-        raise RuntimeError(f"SAC on {task} never reached the medium threshold ({threshold:.0f}) in "
+        raise BehaviourPolicyError(f"SAC on {task} never reached the medium threshold ({threshold:.0f}) in "
                            f"{config.sac_steps} steps: raise --sac-steps or lower the medium fraction")
     return home
 
