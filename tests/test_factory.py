@@ -106,3 +106,13 @@ def test_unknown_task_and_quality_in_the_library():
         make_dataset("ant", "medium")
     with pytest.raises(ValueError, match=r"unknown quality 'mediocre'.*medium-replay"):
         make_dataset("hopper", "mediocre")
+
+
+def test_a_run_that_never_reaches_medium_says_so(tmp_path, monkeypatch):
+    from hybridrl.factory import BehaviourPolicyError
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    monkeypatch.setenv("HYBRIDRL_HOME", str(tmp_path / "home"))
+    config = FactoryConfig(**{**TINY, "medium_fraction": 10.0, "sac_steps": 400, "eval_every": 200})
+    with pytest.raises(BehaviourPolicyError, match="never reached the medium threshold"):
+        make_dataset("hopper", "medium", config=config, device="cpu", progress=False)
