@@ -1,4 +1,4 @@
-"""The ``hybridrl`` command: data, train, eval, demo, algos (and ``pref`` for language models).
+"""The ``hybridrl`` command: data, train, eval, bench, report, demo, algos (and ``pref`` for language models).
 
 Thin: it parses, calls the library, prints. Bad input ends with one line on stderr naming the
 problem and the fix, and a non-zero exit code (2 for bad input, 1 for a diverged run).
@@ -29,13 +29,14 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from hybridrl.bench.bundled import BundleError
         from hybridrl.control.datasets import DatasetError
         from hybridrl.factory import BehaviourPolicyError
         from hybridrl.runners import DivergenceError, RunDirectoryError
 
         try:
             return fn(*args, **kwargs)
-        except (DivergenceError, BehaviourPolicyError) as err:
+        except (DivergenceError, BehaviourPolicyError, BundleError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(EXIT_DIVERGED) from None
         except (DatasetError, RunDirectoryError, ValueError, KeyError, FileNotFoundError) as err:
@@ -76,6 +77,7 @@ def data_make(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")] = False,
     progress: bool = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads for SAC (default: one per core).")] = None,
+    out_id: Annotated[str | None, typer.Option("--id", help="Dataset id (default hybridrl/TASK/QUALITY-v0).")] = None,
 ) -> None:
     """Make a D4RL-style dataset from real MuJoCo rollouts into the local Minari store.
 
@@ -87,7 +89,7 @@ def data_make(
         raise ValueError("--transitions must be positive")
     config = factory_config(small, transitions=transitions, sac_steps=sac_steps)
     dataset_id = make_dataset(task, quality, config=config, seed=seed, device=device, overwrite=overwrite,
-                              progress=progress, threads=threads)
+                              progress=progress, threads=threads, out_id=out_id)
     typer.echo(f"wrote {dataset_id}")
 
 
@@ -238,6 +240,80 @@ def demo(
         ev = result["eval"]
         typer.echo(f"{algo:<8} {steps:>8} {ev['mean']:>8.1f} ± {ev['std']:<6.1f} "
                    f"{ev['normalized_mean']:>9.1f} ± {ev['normalized_std']:<6.1f}")
+
+
+def _csv(value: str | None, cast=str) -> list | None:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"bad list {value!r}: give comma-separated values, e.g. 0,1,2") from None
+
+
+@app.command("bench")
+@user_errors
+def bench(
+    suite: Annotated[str, typer.Argument(help="quick, offline, online, preference, nash-games, throughput or custom.")],
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods (filter, or the custom grid's).")] = None,
+    datasets: Annotated[str | None, typer.Option(help="Comma-separated datasets / tasks (filter or custom).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (filter; custom default 0).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Override every run's budget.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Grid directory (default runs/bench/SUITE).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Runs in parallel (default: one per core, at most 8).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads per run (default: cores / workers).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    ray: Annotated[bool, typer.Option("--ray", help="Run on a local Ray instance (pip install 'hybridrl[ray]').")]
+    = False,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (e.g. auto or ray://host:10001).")]
+    = None,
+    list_runs: Annotated[bool, typer.Option("--list", help="Print the runs and exit.")] = False,
+    report: Annotated[bool, typer.Option(help="Build OUT/report/report.md at the end.")] = True,
+) -> None:
+    """Run a benchmark suite as a resumable grid (finished runs are kept), then report it."""
+    from hybridrl.bench import suites
+    from hybridrl.bench.runner import run_grid
+
+    method_list, dataset_list, seed_list = _csv(methods), _csv(datasets), _csv(seeds, int)
+    if suite == "custom":
+        specs = suites.custom(method_list or [], dataset_list or [], seed_list or [0], steps or 1_000_000)
+    else:
+        specs = suites.select(suites.suite(suite), methods=method_list, datasets=dataset_list, seeds=seed_list,
+                              steps=steps)
+    if list_runs:
+        for spec in specs:
+            typer.echo(f"{spec.run_id}  steps={spec.steps}" + (f"  {spec.overrides}" if spec.overrides else ""))
+        return
+    out = out or Path("runs") / "bench" / suite
+    result = run_grid(specs, out, workers=workers, threads=threads, device=device, ray=ray, ray_address=ray_address,
+                      echo=typer.echo)
+    if report:
+        _print_report(out)
+    if result.failed:
+        typer.echo(f"error: {len(result.failed)} run(s) failed (see error.txt in their directories); "
+                   "rerun the same command to retry them", err=True)
+        raise typer.Exit(EXIT_DIVERGED)
+
+
+def _print_report(runs_dir: Path, out: Path | None = None) -> None:
+    from hybridrl.bench.report import build_report
+
+    built = build_report(runs_dir, out)
+    typer.echo("")
+    typer.echo(built.table_text())
+    typer.echo(f"report: {built.markdown_path}")
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    runs_dir: Annotated[Path, typer.Argument(help="A grid directory written by `hybridrl bench`.")],
+    out: Annotated[Path | None, typer.Option(help="Report directory (default RUNS_DIR/report).")] = None,
+) -> None:
+    """Tables, aggregate statistics and plots of a grid's runs, in one report.md."""
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"{runs_dir} is not a directory: pass the --out of a `hybridrl bench` run")
+    _print_report(runs_dir, out)
 
 
 def _mount_optional() -> None:

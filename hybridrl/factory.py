@@ -20,6 +20,7 @@ random and expert returns.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -188,12 +189,16 @@ def _medium_actor(home: Path, device: torch.device):
 
 
 def make_dataset(task: str, quality: str, *, config: FactoryConfig = FULL, seed: int = 0, device: str = "auto",
-                 overwrite: bool = False, progress: bool = True, threads: int | None = None) -> str:
-    """Make ``hybridrl/TASK/QUALITY-v0`` in the local Minari store and return its id."""
+                 overwrite: bool = False, progress: bool = True, threads: int | None = None,
+                 out_id: str | None = None) -> str:
+    """Make ``hybridrl/TASK/QUALITY-v0`` (or ``out_id``) in the local Minari store and return its id."""
     from hybridrl.core.seeding import resolve_device
 
     _check(task, quality)
-    ds_id = dataset_id(task, quality)
+    ds_id = out_id or dataset_id(task, quality)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*-v\d+", ds_id):
+        raise ValueError(f"invalid dataset id {ds_id!r}: use Minari's form NAMESPACE/NAME-vN, "
+                         "e.g. hybridrl/hopper/medium-v0")
     if ds_id in datasets.local_dataset_ids() and not overwrite:
         raise ValueError(f"dataset {ds_id!r} already exists: pass --overwrite to remake it")
     ref_min, ref_max = d4rl_reference(task)

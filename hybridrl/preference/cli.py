@@ -40,12 +40,9 @@ def _one_line_errors() -> Iterator[None]:
 
 def _quiet_libraries() -> None:
     """The CLI prints its own summary: silence the per-file progress bars of datasets and transformers."""
-    import datasets
-    import transformers
+    from hybridrl.preference.models import quiet_hf_libraries
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    quiet_hf_libraries()
 
 
 def _run(body: Callable[[], Any]) -> Any:

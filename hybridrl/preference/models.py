@@ -157,3 +157,13 @@ def disable_dropout(model: torch.nn.Module) -> None:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "attention_dropout"):
         config.attention_dropout = 0.0  # Llama-style attention applies it functionally, not as a module
+
+
+def quiet_hf_libraries() -> None:
+    """Silence the per-file progress bars and warnings of datasets and transformers (callers print a summary)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

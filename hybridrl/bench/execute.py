@@ -1,0 +1,176 @@
+"""What one run of a grid does, per kind: train (resuming), evaluate, return the scores.
+
+Every executor takes ``(spec, run_dir, device, threads)`` and returns the kind's scores (the fields
+``scores.json`` holds beside the common ones; see ``runner``). The training loops underneath
+checkpoint into ``run_dir``, so a run killed midway resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridrl.bench.suites import BUNDLED_PREF_TASK, GAME_METHODS, RunSpec
+
+PREFERENCE_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpo": ("dpo", {}),
+    "fdpo-js": ("fdpo", {"divergence": "js_divergence"}),
+    "fdpo-fkl": ("fdpo", {"divergence": "forward_kl"}),
+    "ipo": ("ipo", {}),
+}
+"""Bench name -> (``hybridrl pref train`` method, loss overrides)."""
+
+PREFERENCE_TRAINING = {"batch_size": 32, "learning_rate": 1e-4, "beta": 0.1}
+"""CPU-sized settings picked on the synthetic task (see benchmarks/configs/preference/winrate.yaml)."""
+PREFERENCE_EVAL = {"eval_prompts": 200, "samples_per_prompt": 2}
+
+
+def _run_config(spec: RunSpec, device: str, threads: int | None):
+    from hybridrl.core.config import RunConfig
+
+    steps = spec.steps
+    return RunConfig(steps=steps, seed=spec.seed, device=device, eval_every=spec.eval_every,
+                     eval_episodes=spec.eval_episodes, log_every=max(1, min(1000, steps // 10)),
+                     checkpoint_every=max(1, min(10_000, steps // 5)), progress=False, threads=threads)
+
+
+def _rl_scores(result: dict[str, Any]) -> dict[str, Any]:
+    ev = result["eval"] or {}
+    normalized = result["normalized_score"]
+    return {"metric": "normalized_score" if normalized is not None else "return",
+            "score": normalized if normalized is not None else result["return_mean"],
+            "return_mean": result["return_mean"], "return_std": ev.get("std"),
+            "normalized_score": normalized, "normalized_std": ev.get("normalized_std")}
+
+
+def run_offline_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
+    from hybridrl.bench import bundled
+    from hybridrl.runners import run_offline
+
+    if spec.dataset in bundled.DATASETS:
+        bundled.install_datasets()
+    result = run_offline(spec.method, spec.dataset, _run_config(spec, device, threads), out_dir=run_dir,
+                         overrides=dict(spec.overrides))
+    return _rl_scores(result)
+
+
+def run_online_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
+    from hybridrl.runners import run_online
+
+    result = run_online(spec.method, spec.dataset, _run_config(spec, device, threads), out_dir=run_dir,
+                        overrides=dict(spec.overrides))
+    return _rl_scores(result)
+
+
+def _pref_task(dataset: str) -> Path:
+    from hybridrl.bench import bundled
+
+    if dataset == BUNDLED_PREF_TASK:
+        return bundled.pref_task_dir()
+    task = Path(dataset)
+    missing = [name for name in ("sft_model", "pairs.jsonl", "test_prompts.jsonl") if not (task / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{task} is not a preference task (missing {', '.join(missing)}): make one with "
+                                f"`hybridrl pref make-task {task}` or use {BUNDLED_PREF_TASK}")
+    return task
+
+
+def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
+    """Pairwise training from the task's SFT model, then win rate against it on held-out prompts."""
+    from dataclasses import replace
+
+    import torch
+
+    from hybridrl.preference.data import load_preference_dataset, tokenize_pairs
+    from hybridrl.preference.losses import resolve_method
+    from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
+    from hybridrl.preference.task import evaluate_against, read_jsonl
+    from hybridrl.preference.trainer import PairwiseTrainer, TrainConfig
+
+    quiet_hf_libraries()
+    if spec.method not in PREFERENCE_RECIPES:
+        raise ValueError(f"unknown preference method {spec.method!r}: use {', '.join(PREFERENCE_RECIPES)}")
+    if threads:
+        torch.set_num_threads(threads)
+    settings = {**PREFERENCE_TRAINING, **PREFERENCE_EVAL, **spec.overrides}
+    name, loss_overrides = PREFERENCE_RECIPES[spec.method]
+    loss_config = replace(resolve_method(name), **loss_overrides, beta=settings["beta"])
+    task = _pref_task(spec.dataset)
+    tokenizer = load_tokenizer(task / "sft_model")
+    pairs, _ = tokenize_pairs(load_preference_dataset(task / "pairs.jsonl"), tokenizer)
+    trainer = PairwiseTrainer(
+        model=load_causal_lm(task / "sft_model"), tokenizer=tokenizer, pairs=pairs, loss_config=loss_config,
+        train_config=TrainConfig(steps=spec.steps, batch_size=settings["batch_size"],
+                                 learning_rate=settings["learning_rate"], seed=spec.seed, progress=False,
+                                 log_every=max(1, spec.steps // 10), save_every=max(1, spec.steps // 3),
+                                 device=None if device == "auto" else device),
+        out_dir=run_dir)
+    last = trainer.train(resume=True)
+    prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings["eval_prompts"]]
+    result = evaluate_against(load_causal_lm(run_dir / "model"),
+                              load_causal_lm(task / "sft_model"), tokenizer, prompts, seed=10_000 + spec.seed,
+                              samples_per_prompt=settings["samples_per_prompt"])
+    p = result["win_rate"]
+    # normal approximation over prompts (answers to one prompt are not independent)
+    half = 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / len(prompts))
+    low, high = max(0.0, p - half), min(1.0, p + half)
+    n = result["num_comparisons"]
+    return {"metric": "win_rate_vs_sft", "score": p, "win_rate_ci": [low, high],
+            "win_rate_matrix": {"players": [spec.method, "sft"], "win_rate": [[0.5, p], [1 - p, 0.5]],
+                                "ci_low": [[0.5, low], [1 - high, 0.5]], "ci_high": [[0.5, high], [1 - low, 0.5]],
+                                "num_comparisons": [[0, n], [n, 0]], "judge": "weighted", "seed": spec.seed},
+            **{k: result[k] for k in ("judge_score", "baseline_judge_score", "distinct_1", "distinct_2", "entropy")},
+            "tokens_per_s": last.get("time/tokens_per_s"), "final_loss": last.get("loss"),
+            "train_accuracy": last.get("rewards/accuracies")}
+
+
+def parse_game_label(label: str) -> dict[str, Any]:
+    """``games-n10-beta0.1[-samples100]`` -> {n, beta, samples}."""
+    match = re.fullmatch(r"games-n(\d+)-beta([0-9.eE-]+?)(?:-samples(\d+))?", label)
+    if match is None:
+        raise ValueError(f"bad games label {label!r}: use games-nN-betaB or games-nN-betaB-samplesS, "
+                         "e.g. games-n10-beta0.1")
+    return {"n": int(match[1]), "beta": float(match[2]), "samples": int(match[3]) if match[3] else None}
+
+
+def run_games_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
+    """Duality gap per iteration of every Nash method on random intransitive games."""
+    import torch
+
+    from hybridrl.preference.games import gap_curves
+
+    if threads:
+        torch.set_num_threads(threads)
+    game = parse_game_label(spec.dataset)
+    methods = list(spec.overrides.get("methods", GAME_METHODS))
+    curves = gap_curves(methods, n=game["n"], beta=game["beta"], iterations=spec.steps, samples=game["samples"],
+                        seed=spec.seed, num_games=int(spec.overrides.get("games", 10)),
+                        device="cpu" if device == "auto" else device)
+    points = np.unique(np.concatenate([[0], np.geomspace(1, spec.steps, 80).round().astype(int)]))
+    summary = {m: {"iterations": points.tolist(), "median": np.median(c[points], 1).tolist(),
+                   "q25": np.quantile(c[points], 0.25, 1).tolist(), "q75": np.quantile(c[points], 0.75, 1).tolist()}
+               for m, c in curves.items()}
+    final = {m: float(np.median(c[-1])) for m, c in curves.items()}
+    reduction = {m: float(np.median(c[0] / np.maximum(c[-1], 1e-300))) for m, c in curves.items()}
+    return {"metric": "final_gap", "score": final.get("nash_mp"), "final_gap": final, "gap_reduction": reduction,
+            "gap_curves": summary, **game}
+
+
+def run_throughput_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
+    from hybridrl.bench.throughput import measure
+
+    return measure(spec.method, device=device, threads=threads, seconds=float(spec.overrides.get("seconds", 20)))
+
+
+EXECUTORS: dict[str, Callable[[RunSpec, Path, str, int | None], dict[str, Any]]] = {
+    "offline": run_offline_spec,
+    "online": run_online_spec,
+    "preference": run_preference_spec,
+    "games": run_games_spec,
+    "throughput": run_throughput_spec,
+}
