@@ -20,112 +20,23 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from hybridrl.core.buffers import TransitionBuffer
+from hybridrl.bench.throughput import (
+    count_flops,
+    d3rlpy_update,
+    hybridrl_update,
+    matmul_rate,
+    random_dataset,
+    time_block,
+)
 from hybridrl.core.runtime import keep_freed_memory
 from hybridrl.core.seeding import resolve_device
-from hybridrl.offline.cql import CQL, CQLConfig
+from hybridrl.offline.cql import CQLConfig
 
-OBS_DIM, ACT_DIM = 11, 3  # Hopper
 HIDDEN = (256, 256, 256)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_rate(device: torch.device, repeats: int = 30) -> float:
-    """FLOP/s of an 8192x256 by 256x256 fp32 matmul (median of ``repeats``)."""
-    a = torch.randn(8192, 256, device=device)
-    b = torch.randn(256, 256, device=device)
-    for _ in range(5):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        _sync(device)
-        times.append((time.perf_counter() - start) / 10)
-    return 2 * 8192 * 256 * 256 / statistics.median(times)
-
-
-def random_dataset(n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    terminals = np.zeros(n, dtype=np.float32)
-    terminals[999::1000] = 1.0  # episode ends; the last row is a timeout
-    return {
-        "observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, size=(n, ACT_DIM)).astype(np.float32),
-        "rewards": rng.normal(size=n).astype(np.float32),
-        "next_observations": rng.normal(size=(n, OBS_DIM)).astype(np.float32),
-        "terminals": terminals,
-    }
-
-
-def time_block(update, device: torch.device, seconds: float) -> float:
-    """Updates per second over one block of about ``seconds``."""
-    _sync(device)
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        update()
-        n += 1
-    _sync(device)
-    return n / (time.perf_counter() - start)
-
-
-def count_flops(update) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        update()
-    return counter.get_total_flops()
-
-
-def hybridrl_update(data, device, args):
-    config = CQLConfig(hidden=HIDDEN, batch_size=args.batch_size, num_sampled_actions=args.num_sampled_actions)
-    algo = CQL(OBS_DIM, ACT_DIM, config, device)
-    buffer = TransitionBuffer(OBS_DIM, ACT_DIM, device=device, offline=data)
-
-    def update():
-        algo.update(buffer.sample(config.batch_size))
-
-    return update
-
-
-def d3rlpy_update(data, device, args):
-    import d3rlpy
-
-    timeouts = np.zeros(len(data["rewards"]), dtype=np.float32)
-    timeouts[-1] = 1.0
-    dataset_terminals = data["terminals"].copy()
-    dataset_terminals[-1] = 0.0
-    dataset = d3rlpy.dataset.MDPDataset(
-        observations=data["observations"], actions=data["actions"], rewards=data["rewards"],
-        terminals=dataset_terminals, timeouts=timeouts,
-    )
-    encoder = d3rlpy.models.VectorEncoderFactory(list(HIDDEN))
-    config = d3rlpy.algos.CQLConfig(
-        actor_encoder_factory=encoder, critic_encoder_factory=encoder, batch_size=args.batch_size,
-        n_action_samples=args.num_sampled_actions, alpha_learning_rate=0.0, conservative_weight=10.0,
-    )
-    device_name = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu:0"
-    algo = config.create(device=device_name)
-    algo.build_with_dataset(dataset)
-    batches = [dataset.sample_transition_batch(args.batch_size) for _ in range(64)]
-    counter = iter(range(10**12))
-
-    def update():
-        algo.update(batches[next(counter) % len(batches)])
-
-    return update
 
 
 def profile_updates(update, device) -> None:
@@ -160,12 +71,14 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     device = resolve_device(args.device)
     data = random_dataset(100_000)
-    updates = {"hybridrl": hybridrl_update(data, device, args)}
-    if not args.skip_d3rlpy:
-        try:
-            updates["d3rlpy"] = d3rlpy_update(data, device, args)
-        except ImportError:
-            print("d3rlpy is not installed (pip install 'hybridrl[bench]'); reporting hybridrl alone")
+    config = CQLConfig(hidden=HIDDEN, batch_size=args.batch_size, num_sampled_actions=args.num_sampled_actions)
+    ours, _ = hybridrl_update("cql", data, device, config)
+    updates = {"hybridrl": ours}
+    reference = None if args.skip_d3rlpy else d3rlpy_update("cql", config, data, device)
+    if reference is not None:
+        updates["d3rlpy"] = reference
+    elif not args.skip_d3rlpy:
+        print("d3rlpy is not installed (pip install 'hybridrl[bench]'); reporting hybridrl alone")
     rows = {name: {"flops_per_update": count_flops(update)} for name, update in updates.items()}
     for update in updates.values():
         for _ in range(args.warmup):
