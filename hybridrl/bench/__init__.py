@@ -1,0 +1,1 @@
+"""Benchmark suites, the grid runner and the report."""
