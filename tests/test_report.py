@@ -17,6 +17,12 @@ from hybridrl.bench.report import build_report
 
 pytest.importorskip("matplotlib")
 
+
+@pytest.fixture(autouse=True)
+def _few_resamples(monkeypatch):
+    """200 bootstrap resamples instead of 2000: the intervals stay well defined, the tests stay fast."""
+    monkeypatch.setattr(report_mod, "BOOTSTRAP_REPS", 200)
+
 # A 2 methods x 2 datasets x 3 seeds grid; each normalized score is listed so the expected means are
 # computed by hand below, not by the code under test.
 GRID = {

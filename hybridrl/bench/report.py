@@ -718,7 +718,7 @@ def _plot_aggregate(figs: _Figures, agg: Aggregates) -> str:
     positions = np.arange(len(methods))
     ax.errorbar(values, positions, xerr=np.maximum(errors, 0), fmt="o", capsize=4)
     ax.set_yticks(positions, methods)
-    ax.invert_yaxis()
+    ax.set_ylim(len(methods) - 0.5, -0.5)  # first method on top, half a row of margin around
     ax.set_xlabel(f"IQM normalized score ({round(CONFIDENCE * 100)}% bootstrap CI)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -764,7 +764,7 @@ def _plot_gap_curves(figs: _Figures, run: RunRecord) -> str:
     if all(min(c["iterations"], default=0) > 0 for c in run.scores["gap_curves"].values()):
         ax.set_xscale("log")  # the points are log-spaced
     ax.set_xlabel("iteration")
-    ax.set_ylabel("duality gap (median, q25-q75)")
+    ax.set_ylabel(f"duality gap (median, q25-q75; floor {GAP_FLOOR:g})")
     ax.set_title(f"{run.spec['dataset']}, seed {run.spec['seed']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
