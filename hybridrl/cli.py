@@ -259,6 +259,10 @@ def bench(
     datasets: Annotated[str | None, typer.Option(help="Comma-separated datasets / tasks (filter or custom).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (filter; custom default 0).")] = None,
     steps: Annotated[int | None, typer.Option(help="Override every run's budget.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter of every run: KEY=VALUE.")]
+    = None,
+    eval_every: Annotated[int | None, typer.Option(help="Custom grids: steps between evaluations.")] = None,
+    eval_episodes: Annotated[int | None, typer.Option(help="Custom grids: episodes per evaluation.")] = None,
     out: Annotated[Path | None, typer.Option(help="Grid directory (default runs/bench/SUITE).")] = None,
     workers: Annotated[int | None, typer.Option(help="Runs in parallel (default: one per core, at most 8).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads per run (default: cores / workers).")] = None,
@@ -276,10 +280,13 @@ def bench(
 
     method_list, dataset_list, seed_list = _csv(methods), _csv(datasets), _csv(seeds, int)
     if suite == "custom":
-        specs = suites.custom(method_list or [], dataset_list or [], seed_list or [0], steps or 1_000_000)
+        specs = suites.custom(method_list or [], dataset_list or [], seed_list or [0], steps or 1_000_000,
+                              eval_every=eval_every or 0, eval_episodes=eval_episodes or 10)
     else:
         specs = suites.select(suites.suite(suite), methods=method_list, datasets=dataset_list, seeds=seed_list,
                               steps=steps)
+    if param:
+        specs = suites.with_overrides(specs, param)
     if list_runs:
         for spec in specs:
             typer.echo(f"{spec.run_id}  steps={spec.steps}" + (f"  {spec.overrides}" if spec.overrides else ""))
@@ -298,10 +305,8 @@ def bench(
 def _print_report(runs_dir: Path, out: Path | None = None) -> None:
     from hybridrl.bench.report import build_report
 
-    built = build_report(runs_dir, out)
     typer.echo("")
-    typer.echo(built.table_text())
-    typer.echo(f"report: {built.markdown_path}")
+    typer.echo(build_report(runs_dir, out).table_text())
 
 
 @app.command("report")

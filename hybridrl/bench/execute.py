@@ -67,6 +67,21 @@ def run_online_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | No
     return _rl_scores(result)
 
 
+def _typed_settings(defaults: dict[str, Any], overrides: dict[str, Any], *,
+                    other_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Defaults updated by overrides, each cast to its default's type (``--set`` gives text)."""
+    unknown = sorted(set(overrides) - set(defaults) - set(other_keys))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}: this run takes {', '.join([*defaults, *other_keys])}")
+    settings = {**defaults, **overrides}
+    for key, default in defaults.items():
+        try:
+            settings[key] = type(default)(settings[key])
+        except ValueError:
+            raise ValueError(f"bad value {settings[key]!r} for {key}: expected a {type(default).__name__}") from None
+    return settings
+
+
 def _pref_task(dataset: str) -> Path:
     from hybridrl.bench import bundled
 
@@ -97,7 +112,7 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
         raise ValueError(f"unknown preference method {spec.method!r}: use {', '.join(PREFERENCE_RECIPES)}")
     if threads:
         torch.set_num_threads(threads)
-    settings = {**PREFERENCE_TRAINING, **PREFERENCE_EVAL, **spec.overrides}
+    settings = _typed_settings({**PREFERENCE_TRAINING, **PREFERENCE_EVAL}, spec.overrides)
     name, loss_overrides = PREFERENCE_RECIPES[spec.method]
     loss_config = replace(resolve_method(name), **loss_overrides, beta=settings["beta"])
     task = _pref_task(spec.dataset)
@@ -116,17 +131,75 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
                               load_causal_lm(task / "sft_model"), tokenizer, prompts, seed=10_000 + spec.seed,
                               samples_per_prompt=settings["samples_per_prompt"])
     p = result["win_rate"]
-    # normal approximation over prompts (answers to one prompt are not independent)
-    half = 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / len(prompts))
-    low, high = max(0.0, p - half), min(1.0, p + half)
-    n = result["num_comparisons"]
-    return {"metric": "win_rate_vs_sft", "score": p, "win_rate_ci": [low, high],
-            "win_rate_matrix": {"players": [spec.method, "sft"], "win_rate": [[0.5, p], [1 - p, 0.5]],
-                                "ci_low": [[0.5, low], [1 - high, 0.5]], "ci_high": [[0.5, high], [1 - low, 0.5]],
-                                "num_comparisons": [[0, n], [n, 0]], "judge": "weighted", "seed": spec.seed},
+    return {"metric": "win_rate_vs_sft", "score": p, "win_rate_ci": list(_interval(p, len(prompts))),
+            "num_comparisons": result["num_comparisons"],
             **{k: result[k] for k in ("judge_score", "baseline_judge_score", "distinct_1", "distinct_2", "entropy")},
             "tokens_per_s": last.get("time/tokens_per_s"), "final_loss": last.get("loss"),
             "train_accuracy": last.get("rewards/accuracies")}
+
+
+def _interval(p: float, prompts: int) -> tuple[float, float]:
+    """95% normal-approximation interval of a win rate, counting prompts (answers to one prompt correlate)."""
+    half = 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / prompts)
+    return max(0.0, p - half), min(1.0, p + half)
+
+
+JUDGES = {"weighted": "WeightedJudge", "majority": "MajorityJudge"}
+"""Judge names of the win-rate matrix -> classes of ``preference.task`` (majority is intransitive)."""
+
+
+def run_winrate_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
+    """Pairwise win rates of the models of other runs of the grid and the SFT model, on held-out prompts."""
+    import torch
+
+    from hybridrl.bench.runner import read_scores
+    from hybridrl.preference import task as task_module
+    from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
+
+    quiet_hf_libraries()
+    if threads:
+        torch.set_num_threads(threads)
+    settings = _typed_settings(PREFERENCE_EVAL, spec.overrides, other_keys=("players", "judge"))
+    if settings.get("judge", "weighted") not in JUDGES:
+        raise ValueError(f"unknown judge {settings['judge']!r}: use {', '.join(JUDGES)}")
+    judge = getattr(task_module, JUDGES[settings.get("judge", "weighted")])()
+    task = _pref_task(spec.dataset)
+    grid_dir = run_dir.parent
+    unfinished = [r for r in settings["players"] if read_scores(grid_dir / r) is None]
+    if unfinished:
+        raise RuntimeError(f"the matrix needs runs that have not finished: {', '.join(unfinished)}; "
+                           "rerun the grid to finish them")
+    names = [json_method(grid_dir / r) for r in settings["players"]] + ["sft"]
+    model_dirs = [grid_dir / r / "model" for r in settings["players"]] + [task / "sft_model"]
+    tokenizer = load_tokenizer(task / "sft_model")
+    prompts = [row["prompt"] for row in task_module.read_jsonl(task / "test_prompts.jsonl")]
+    prompts = prompts[: settings["eval_prompts"]]
+    repeated = [p for p in prompts for _ in range(settings["samples_per_prompt"])]
+    # every model answers the same prompts once, with its own seed; all pairs are judged on those answers
+    answers = [task_module.sample_responses(load_causal_lm(d), tokenizer, repeated, seed=20_000 + spec.seed + i)[0]
+               for i, d in enumerate(model_dirs)]
+    n = len(names)
+    win = np.full((n, n), 0.5)
+    low, high = np.full((n, n), 0.5), np.full((n, n), 0.5)
+    for i in range(n):
+        for j in range(i + 1, n):
+            p = task_module.win_rate(judge, repeated, answers[i], answers[j])
+            lo, hi = _interval(p, len(prompts))
+            win[i, j], win[j, i] = p, 1 - p
+            low[i, j], high[i, j], low[j, i], high[j, i] = lo, hi, 1 - hi, 1 - lo
+    counts = np.full((n, n), len(repeated)) - np.eye(n, dtype=int) * len(repeated)
+    mean_vs_others = (win.sum(1) - 0.5) / (n - 1)
+    return {"metric": "mean_win_rate", "score": float(mean_vs_others[0]),
+            "mean_win_rate": dict(zip(names, mean_vs_others.tolist(), strict=True)),
+            "win_rate_matrix": {"players": names, "win_rate": win.tolist(), "ci_low": low.tolist(),
+                                "ci_high": high.tolist(), "num_comparisons": counts.tolist(),
+                                "judge": settings.get("judge", "weighted"), "seed": spec.seed}}
+
+
+def json_method(run_dir: Path) -> str:
+    import json
+
+    return json.loads((run_dir / "spec.json").read_text())["method"]
 
 
 def parse_game_label(label: str) -> dict[str, Any]:
@@ -173,4 +246,5 @@ EXECUTORS: dict[str, Callable[[RunSpec, Path, str, int | None], dict[str, Any]]]
     "preference": run_preference_spec,
     "games": run_games_spec,
     "throughput": run_throughput_spec,
+    "winrate": run_winrate_spec,
 }

@@ -44,7 +44,7 @@ ENVIRONMENT = "environment.json"
 # Files that only a run directory has: a directory with none of them (e.g. report/) is not a run.
 RUN_FILES = (SPEC, SCORES, METRICS, ENVIRONMENT)
 
-KINDS = ("offline", "online", "preference", "games", "throughput")
+KINDS = ("offline", "online", "preference", "games", "throughput", "winrate")
 RL_KINDS = ("offline", "online")
 RATE_KEYS = ("updates_per_s", "tokens_per_s")
 
@@ -194,6 +194,8 @@ def _check_scores(scores: Any, spec: dict[str, Any] | None) -> str | None:
         required += ["gap_curves", "final_gap"]
     elif kind == "throughput":
         required += ["device"]
+    elif kind == "winrate":
+        required += ["win_rate_matrix"]
     missing = [key for key in required if key not in scores]
     if missing:
         return f"scores.json lacks {', '.join(missing)}"
@@ -210,7 +212,7 @@ def _check_scores(scores: Any, spec: dict[str, Any] | None) -> str | None:
         return _check_gap_curves(scores["gap_curves"], scores["final_gap"])
     elif kind == "throughput" and not any(_is_number(scores.get(key)) for key in RATE_KEYS):
         return f"scores.json has neither {' nor '.join(RATE_KEYS)}"
-    elif kind == "preference" and "win_rate_matrix" in scores:
+    elif kind in ("preference", "winrate") and "win_rate_matrix" in scores:
         return _check_win_rate_matrix(scores["win_rate_matrix"])
     if spec is not None:
         differ = [key for key in ("kind", "method", "dataset", "seed") if scores[key] != spec[key]]
@@ -808,7 +810,7 @@ def _group_scores(runs: Sequence[RunRecord]) -> list[list[Any]]:
 def _preference_section(runs: Sequence[RunRecord], figs: _Figures | None,
                         csvs: dict[str, str]) -> str:
     text = "## Preference\n\n"
-    rows = _group_scores(runs)
+    rows = _group_scores([run for run in runs if run.spec["kind"] == "preference"])
     if rows:
         text += _md_table(["method", "task", "metric", "mean ± std", "n"], rows)
     long_rows = []
@@ -991,8 +993,8 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     sections.append(_aggregate_markdown(aggregates, image))
     if not aggregates.skipped:
         csvs.update(_aggregate_csvs(aggregates))
-    if of_kind("preference"):
-        sections.append(_preference_section(of_kind("preference"), figs, csvs))
+    if of_kind("preference") or of_kind("winrate"):
+        sections.append(_preference_section(of_kind("preference") + of_kind("winrate"), figs, csvs))
     if of_kind("games"):
         sections.append(_games_section(of_kind("games"), figs, csvs))
     if of_kind("throughput"):

@@ -31,7 +31,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from hybridrl.bench.suites import RunSpec
+from hybridrl.bench.suites import LATE_KINDS, RunSpec
 from hybridrl.core.checkpoint import atomic_write_json
 
 SPEC = "spec.json"
@@ -188,28 +188,36 @@ def run_grid(specs: Sequence[RunSpec], out: Path, *, workers: int | None = None,
             result.failed[run_id] = outcome["error"]
             echo(f"[{done}/{len(pending)}] {run_id}: {outcome['status']}: {outcome['error']}")
 
-    jobs = [(s.to_dict(), str(out / s.run_id), device, threads) for s in pending]
+    # runs that read other runs' outputs go last
+    for phase in ([s for s in pending if s.kind not in LATE_KINDS], [s for s in pending if s.kind in LATE_KINDS]):
+        jobs = [(s.to_dict(), str(out / s.run_id), device, threads) for s in phase]
+        if jobs:
+            _run_jobs(jobs, workers, threads, ray, ray_address, report)
+    echo(f"grid done in {time.perf_counter() - start:.0f} s: {len(result.finished)} finished, "
+         f"{len(result.failed)} failed, {len(result.skipped)} skipped")
+    return result
+
+
+def _run_jobs(jobs: list[tuple], workers: int, threads: int, ray: bool, ray_address: str | None,
+              report: Callable[[dict[str, Any]], None]) -> None:
     if ray or ray_address:
         _run_on_ray(jobs, workers, threads, ray_address, report)
-    elif workers == 1:
+    elif workers == 1 or len(jobs) == 1:
         for job in jobs:
             report(execute(*job))
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn"),
                                  initializer=_worker_init) as pool:
-            jobs_by_future = {pool.submit(execute, *job): job[0]["run_id"] for job in jobs}
-            futures: set[Future] = set(jobs_by_future)
+            run_ids = {pool.submit(execute, *job): job[0]["run_id"] for job in jobs}
+            futures: set[Future] = set(run_ids)
             while futures:
                 done, futures = wait(futures, return_when=FIRST_COMPLETED)
                 for future in done:
                     try:
                         report(future.result())
                     except Exception as err:  # the worker process itself died (killed, out of memory)
-                        report({"run_id": jobs_by_future[future], "status": "failed",
+                        report({"run_id": run_ids[future], "status": "failed",
                                 "error": f"worker died: {type(err).__name__}: {err}"})
-    echo(f"grid done in {time.perf_counter() - start:.0f} s: {len(result.finished)} finished, "
-         f"{len(result.failed)} failed, {len(result.skipped)} skipped")
-    return result
 
 
 def _run_on_ray(jobs: list[tuple], workers: int, threads: int, address: str | None,

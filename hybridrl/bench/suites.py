@@ -18,7 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-KINDS = ("offline", "online", "preference", "games", "throughput")
+KINDS = ("offline", "online", "preference", "games", "throughput", "winrate")
+LATE_KINDS = ("winrate",)
+"""Kinds that read other runs of the grid (their models), so they run after all the others."""
 
 BUNDLED_PREF_TASK = "bundled:pref-task"
 """The tiny SFT model, pairs and held-out prompts that ship with the package (see ``bundled``)."""
@@ -36,7 +38,7 @@ class RunSpec:
     """One run of a grid; its ``run_id`` names its directory."""
 
     kind: str
-    """offline, online, preference, games or throughput."""
+    """offline, online, preference, games, throughput or winrate (a matrix over other runs' models)."""
     method: str
     """Registry name (bc, cql, sac), preference method (dpo, fdpo-js, ipo...) or games method set."""
     dataset: str
@@ -75,16 +77,25 @@ def grid(kind: str, methods: Iterable[str], datasets: Iterable[str], seeds: Iter
             for m, d, s in itertools.product(methods, datasets, seeds)]
 
 
+def win_rate_matrix(players: Sequence[RunSpec], judge: str = "weighted") -> RunSpec:
+    """A run that plays the models of ``players`` (and the SFT model) against each other."""
+    task = players[0].dataset
+    return RunSpec("winrate", "matrix", task, seed=players[0].seed, steps=0,
+                   overrides={"players": [p.run_id for p in players], "judge": judge})
+
+
 def _quick() -> list[RunSpec]:
+    preference = grid("preference", PREFERENCE_METHODS, [BUNDLED_PREF_TASK], [0, 1], steps=150)
     # Longest runs first so that two workers finish together.
     return [
         *grid("offline", ["cql"], [QUICK_DATASET], [0, 1], steps=1000, eval_every=500),
         *grid("online", ["sac"], ["hopper"], [0], steps=15_000, eval_every=5000,
               overrides={"learning_starts": 5000}),
         *grid("offline", ["bc"], [QUICK_DATASET], [0, 1], steps=5000, eval_every=1000),
-        *grid("preference", PREFERENCE_METHODS, [BUNDLED_PREF_TASK], [0, 1], steps=150),
+        *preference,
         *grid("games", ["nash"], ["games-n10-beta0.1"], [0], steps=1000),
         *grid("games", ["nash"], ["games-n10-beta0.1-samples100"], [0], steps=1000),
+        win_rate_matrix([p for p in preference if p.seed == 0]),
     ]
 
 
@@ -98,7 +109,8 @@ def _online() -> list[RunSpec]:
 
 
 def _preference() -> list[RunSpec]:
-    return grid("preference", PREFERENCE_METHODS, [BUNDLED_PREF_TASK], [0, 1, 2], steps=300)
+    runs = grid("preference", PREFERENCE_METHODS, [BUNDLED_PREF_TASK], [0, 1, 2], steps=300)
+    return [*runs, *(win_rate_matrix([r for r in runs if r.seed == seed]) for seed in (0, 1, 2))]
 
 
 def _nash_games() -> list[RunSpec]:
@@ -153,9 +165,21 @@ def select(specs: Sequence[RunSpec], *, methods: Sequence[str] | None = None,
 
 
 def custom(methods: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], steps: int,
-           eval_every: int = 0) -> list[RunSpec]:
+           eval_every: int = 0, eval_episodes: int = 10) -> list[RunSpec]:
     """A grid from the command line: each method's kind comes from the registry."""
     if not methods or not datasets:
         raise ValueError("a custom grid needs --methods and --datasets (tasks for online methods)")
-    return [RunSpec(_kind_of(m), m, d, seed=s, steps=steps, eval_every=eval_every)
+    return [RunSpec(_kind_of(m), m, d, seed=s, steps=steps, eval_every=eval_every, eval_episodes=eval_episodes)
             for m, d, s in itertools.product(methods, datasets, seeds)]
+
+
+def with_overrides(specs: Sequence[RunSpec], assignments: Sequence[str]) -> list[RunSpec]:
+    """Add ``KEY=VALUE`` hyperparameters to every run; values stay text until the method's typed config
+    parses them (as ``hybridrl train --set`` does)."""
+    extra: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad --set {assignment!r}: use KEY=VALUE, e.g. --set batch_size=512")
+        extra[key.strip()] = value.strip()
+    return [replace(s, overrides={**s.overrides, **extra}) for s in specs]
