@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up a virtual environment and run the demo (dataset from MuJoCo rollouts, BC and CQL, scores)
+#   make bench  set up a virtual environment and run the quick benchmark suite (the embedded default)
 #   make test   set up the same environment and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,15 +7,18 @@ BIN := $(VENV)/bin
 # The CPU build of torch; on a CUDA machine install the CUDA build of your choice first.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench
+.PHONY: setup bench demo test throughput
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,lm]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,lm,report]'
 	touch $@
 
 setup: $(VENV)/.installed
+
+bench: setup
+	$(BIN)/hybridrl bench quick
 
 demo: setup
 	$(BIN)/hybridrl demo
@@ -23,6 +26,6 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup
+throughput: setup
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/hybridrl bench throughput

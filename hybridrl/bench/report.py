@@ -35,16 +35,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hybridrl.bench.runner import ENVIRONMENT, SCORES, SPEC
+from hybridrl.bench.suites import KINDS
 from hybridrl.core.checkpoint import atomic_write_text
+from hybridrl.runners import METRICS
 
-SPEC = "spec.json"
-SCORES = "scores.json"
-METRICS = "metrics.jsonl"
-ENVIRONMENT = "environment.json"
 # Files that only a run directory has: a directory with none of them (e.g. report/) is not a run.
 RUN_FILES = (SPEC, SCORES, METRICS, ENVIRONMENT)
 
-KINDS = ("offline", "online", "preference", "games", "throughput", "winrate")
 RL_KINDS = ("offline", "online")
 RATE_KEYS = ("updates_per_s", "tokens_per_s")
 
