@@ -282,15 +282,17 @@ def nash_mp_loss(pair: PairLogps, config: Any) -> Tensor:
 
 
 def nash_md_loss(pair: PairLogps, config: Any) -> Tensor:
-    r"""Nash-MD-PG (Munos et al. 2023, arXiv 2312.00886; TRL ``NashMDTrainer``) on the first answer only.
+    r"""Nash-MD-PG (Munos et al. 2023, arXiv 2312.00886; TRL ``NashMDTrainer``) on two policy answers.
 
-    The first answer comes from the policy, the second from the geometric mixture; the surrogate
+    Both answers come from the policy; ``win_*`` are their win rates against answers of the geometric
+    mixture :math:`\pi^\mu`. Per answer the surrogate
     :math:`-(\hat P(y \succ \pi^\mu) - \tfrac12 - \beta\,\mathrm{sg}[r])\log\pi_\theta(y)` has the
-    policy-gradient of :math:`P(\pi \succ \pi^\mu) - \beta KL(\pi\|\pi_{ref})` (REINFORCE, 1/2 baseline,
-    sequence-level KL). ``win_chosen`` is the first answer's win rate against the mixture's answers.
+    policy gradient of :math:`P(\pi \succ \pi^\mu) - \beta KL(\pi\|\pi_{ref})` (REINFORCE with a 1/2
+    baseline, sequence-level KL); the pair's loss is the mean of its two answers'. ``config.beta``.
     """
-    advantage = _extra(pair, "win_chosen", "nash_md") - 0.5 - config.beta * pair.chosen_logratios.detach().float()
-    return -advantage * pair.policy_chosen.float()
+    first = _extra(pair, "win_chosen", "nash_md") - 0.5 - config.beta * pair.chosen_logratios.detach().float()
+    second = _extra(pair, "win_rejected", "nash_md") - 0.5 - config.beta * pair.rejected_logratios.detach().float()
+    return -0.5 * (first * pair.policy_chosen.float() + second * pair.policy_rejected.float())
 
 
 PairLoss = Callable[[PairLogps, Any], Tensor]

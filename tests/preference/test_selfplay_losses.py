@@ -106,14 +106,15 @@ def test_nash_mp_fixed_point_is_the_tabular_prox_step():
 
 
 def test_nash_md_gradient_is_reinforce_with_kl():
-    # advantage = 0.8 - 0.5 - 0.1 * (-1 - (-2)) = 0.2; d loss / d logp = -0.2
+    # first: advantage 0.8 - 0.5 - 0.1 * (-1 - (-2)) = 0.2; second: 0.3 - 0.5 - 0.1 * (-3 - (-1)) = 0
     config = SimpleNamespace(beta=0.1)
-    policy_chosen = t(-1.0, grad=True)
-    p = PairLogps(policy_chosen, t(-3.0), t(-2.0), t(-1.0), t(1.0), t(1.0), {"win_chosen": t(0.8)})
+    policy = t(-1.0, grad=True), t(-3.0, grad=True)
+    p = PairLogps(*policy, t(-2.0), t(-1.0), t(1.0), t(1.0), {"win_chosen": t(0.8), "win_rejected": t(0.3)})
     loss = nash_md_loss(p, config)
-    assert loss.item() == pytest.approx(0.2)
+    assert loss.item() == pytest.approx(-0.5 * (0.2 * -1.0 + 0.0))
     loss.sum().backward()
-    assert policy_chosen.grad.item() == pytest.approx(-0.2)
+    assert policy[0].grad.item() == pytest.approx(-0.1)
+    assert policy[1].grad.item() == pytest.approx(0.0, abs=1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(SELFPLAY_LOSSES))
