@@ -394,15 +394,26 @@ class SelfPlayTrainer:
         return self.out_dir / "iterations" / f"iter-{iteration:04d}-{kind}.pt"
 
     def _check_run_dir(self) -> None:
+        """A rerun must continue the same method with the same settings (more iterations are fine)."""
         path = self.out_dir / "config.json"
+        current = {"method": self.spec.name, "method_config": asdict(self.method_config), "run": asdict(self.config)}
         if path.exists():
-            previous = json.loads(path.read_text()).get("method")
-            if previous not in (None, self.spec.name):
-                raise ValueError(f"{self.out_dir} holds a {previous!r} run: pick another --out to run {self.spec.name}")
-        atomic_write_json(
-            path,
-            {"method": self.spec.name, "method_config": asdict(self.method_config), "run": asdict(self.config)},
-        )
+            previous = json.loads(path.read_text())
+            if previous.get("method") != self.spec.name:
+                raise ValueError(
+                    f"{self.out_dir} holds a {previous.get('method')!r} run: pick another --out to run {self.spec.name}"
+                )
+            free = {"iterations", "progress", "device"}
+            changed = sorted(
+                [k for k, v in current["method_config"].items() if previous["method_config"].get(k) != v]
+                + [k for k, v in current["run"].items() if k not in free and previous["run"].get(k) != v]
+            )
+            if changed:
+                raise ValueError(
+                    f"{self.out_dir} was started with other settings ({', '.join(changed)} differ): "
+                    "rerun with the same ones to resume, or pick another --out"
+                )
+        atomic_write_json(path, current)
 
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.exists():

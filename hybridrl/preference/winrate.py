@@ -17,13 +17,14 @@ Tabular policies use the exact ``P`` (:func:`hybridrl.preference.games.exact_win
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hybridrl.core.checkpoint import atomic_write_json
+from hybridrl.core.checkpoint import atomic_write_text
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 
 if TYPE_CHECKING:
@@ -121,7 +122,8 @@ def write_matrix(matrix: Mapping[str, Any], path: str | os.PathLike) -> None:
     missing = [k for k in MATRIX_KEYS if k not in matrix]
     if missing:
         raise ValueError(f"win-rate matrix lacks {missing}")
-    atomic_write_json(path, {k: matrix[k] for k in MATRIX_KEYS})
+    # keys in the documented order (atomic_write_json would sort them)
+    atomic_write_text(path, json.dumps({k: matrix[k] for k in MATRIX_KEYS}, indent=2) + "\n")
 
 
 def format_matrix(matrix: Mapping[str, Any]) -> str:
