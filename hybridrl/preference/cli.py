@@ -19,7 +19,8 @@ import typer
 from hybridrl.core.seeding import num_threads_from_env
 
 app = typer.Typer(
-    help="Preference optimization on language models (DPO, IPO, f-DPO) and Nash learning on games.",
+    help="Preference optimization on language models (DPO, IPO, f-DPO), self-play Nash learning "
+    "(INPO, SPPO, Nash-MP, EGPO, Nash-MD, online IPO) and Nash learning on games.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -307,7 +308,7 @@ def selfplay_command(
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: automatic).")] = None,
-    progress: Annotated[bool, typer.Option(help="One line per iteration on stderr.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar over iterations.")] = True,
 ) -> None:
     """Self-play Nash learning: sample K answers per prompt, judge them, update; resumes from OUT."""
 
@@ -374,7 +375,10 @@ def winrate_command(
     max_new_tokens: Annotated[int, typer.Option()] = 12,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Pairwise win-rate matrix (with bootstrap CIs over prompts) of several models under a judge."""
+    """Pairwise win-rate matrix (with bootstrap CIs over prompts) of several models under a judge.
+
+    Every model answers with the first model's tokenizer, so the players must share one vocabulary.
+    """
 
     def body() -> None:
         from hybridrl.preference.oracles import resolve_judge

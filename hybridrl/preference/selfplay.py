@@ -85,7 +85,7 @@ class SelfPlayConfig:
     device: str | None = None
     """cpu, cuda, cuda:N or None for automatic."""
     progress: bool = True
-    """Print one line per iteration on stderr."""
+    """Show a progress bar over iterations."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "samples_per_prompt", "steps_per_iteration", "batch_size", "max_new_tokens"):
@@ -628,22 +628,29 @@ class SelfPlayTrainer:
             if line.strip() and json.loads(line)["iteration"] < self.iteration
         ]
         metrics_path.write_text("".join(line + "\n" for line in kept))
-        last: dict[str, float] = {}
-        while self.iteration < self.config.iterations:
-            began = time.perf_counter()
-            last = self.run_iteration(self.iteration)
-            last["time/s"] = time.perf_counter() - began
-            self.iteration += 1
-            self.save_checkpoint()
-            with metrics_path.open("a") as f:
-                f.write(json.dumps({"iteration": self.iteration - 1, **last}) + "\n")
-            if self.config.progress:
-                import sys
+        from tqdm.auto import tqdm
 
-                summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
-                print(
-                    f"{self.spec.name} iteration {self.iteration}/{self.config.iterations}: {summary}", file=sys.stderr
-                )
+        last: dict[str, float] = {}
+        bar = tqdm(
+            total=self.config.iterations,
+            initial=self.iteration,
+            desc=f"selfplay {self.spec.name}",
+            dynamic_ncols=True,
+            disable=not self.config.progress,
+        )
+        try:
+            while self.iteration < self.config.iterations:
+                began = time.perf_counter()
+                last = self.run_iteration(self.iteration)
+                last["time/s"] = time.perf_counter() - began
+                self.iteration += 1
+                self.save_checkpoint()
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps({"iteration": self.iteration - 1, **last}) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss/last']:.4g}", kl=f"{last['samples/kl_to_ref']:.3g}")
+        finally:
+            bar.close()
         self.model.save_pretrained(self.out_dir / "model")
         self.tokenizer.save_pretrained(self.out_dir / "model")
         return last
