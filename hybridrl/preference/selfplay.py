@@ -30,6 +30,7 @@ reaches the same parameters as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
 import os
@@ -396,7 +397,13 @@ class SelfPlayTrainer:
     def _check_run_dir(self) -> None:
         """A rerun must continue the same method with the same settings (more iterations are fine)."""
         path = self.out_dir / "config.json"
-        current = {"method": self.spec.name, "method_config": asdict(self.method_config), "run": asdict(self.config)}
+        current = {
+            "method": self.spec.name,
+            "method_config": asdict(self.method_config),
+            "run": asdict(self.config),
+            # persisted samples index into the prompt list: it must not change under a resumed run
+            "prompts_sha256": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest(),
+        }
         if path.exists():
             previous = json.loads(path.read_text())
             if previous.get("method") != self.spec.name:
@@ -408,6 +415,8 @@ class SelfPlayTrainer:
                 [k for k, v in current["method_config"].items() if previous["method_config"].get(k) != v]
                 + [k for k, v in current["run"].items() if k not in free and previous["run"].get(k) != v]
             )
+            if previous.get("prompts_sha256", current["prompts_sha256"]) != current["prompts_sha256"]:
+                changed.append("prompts")
             if changed:
                 raise ValueError(
                     f"{self.out_dir} was started with other settings ({', '.join(changed)} differ): "

@@ -126,6 +126,9 @@ def test_rerun_of_a_finished_run_does_nothing_and_a_longer_one_continues(tiny_lm
     assert judge.calls == calls
     make_trainer(tiny_lm, text_rows, tmp_path / "r", "sppo", judge, iterations=2).run()
     assert judge.calls == 2 * calls
+    moved = make_trainer(tiny_lm, text_rows[::-1], tmp_path / "r", "sppo", judge, iterations=3)
+    with pytest.raises(ValueError, match=r"other settings \(prompts differ\)"):
+        moved.run()
     with pytest.raises(ValueError, match="holds a 'sppo' run"):
         make_trainer(tiny_lm, text_rows, tmp_path / "r", "inpo", judge).run()
 
