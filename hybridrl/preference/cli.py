@@ -19,7 +19,8 @@ import typer
 from hybridrl.core.seeding import num_threads_from_env
 
 app = typer.Typer(
-    help="Preference optimization on language models (DPO, IPO, f-DPO) and Nash learning on games.",
+    help="Preference optimization on language models (DPO, IPO, f-DPO), self-play Nash learning "
+    "(INPO, SPPO, Nash-MP, EGPO, Nash-MD, online IPO) and Nash learning on games.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -257,6 +258,192 @@ def games_command(
     for name, row in summary.items():
         typer.echo(f"{name:<12} {row['gap_final_median']:>20.3g} {row['gap_final_max']:>18.3g}")
     typer.echo(f"plot: {out}")
+
+
+def _parse_params(params: list[str] | None) -> dict[str, str]:
+    parsed = {}
+    for item in params or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param takes KEY=VALUE, got {item!r}")
+        parsed[key.strip().replace("-", "_")] = value.strip()
+    return parsed
+
+
+def _read_prompts(path: Path) -> list[str]:
+    from hybridrl.preference.selfplay import unique_prompts
+    from hybridrl.preference.task import read_jsonl
+
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist: pass a .jsonl file with a 'prompt' field")
+    prompts = unique_prompts(read_jsonl(path))
+    if not prompts:
+        raise ValueError(f"prompt file {path} has no prompts")
+    return prompts
+
+
+@app.command("selfplay")
+def selfplay_command(
+    method: Annotated[str, typer.Argument(help="inpo, sppo, nash_mp, egpo, nash_md or online_ipo.")],
+    model: Annotated[str, typer.Option(help="Initial policy and reference: HF model id or local directory.")],
+    prompts: Annotated[Path, typer.Option(help="JSONL file with a 'prompt' field (duplicates are dropped).")],
+    out: Annotated[Path, typer.Option(help="Run directory; rerunning with it resumes.")],
+    judge: Annotated[str, typer.Option(help="majority, weighted, bt:PATH or pairwise:PATH.")] = "majority",
+    position_bias: Annotated[str, typer.Option(help="none, both (average both orders) or flip.")] = "none",
+    iterations: Annotated[int, typer.Option()] = 3,
+    samples_per_prompt: Annotated[int, typer.Option(help="Answers K per prompt and iteration.")] = 4,
+    prompts_per_iteration: Annotated[
+        int | None, typer.Option(help="Prompts drawn per iteration (default all).")
+    ] = None,
+    steps_per_iteration: Annotated[int, typer.Option(help="Optimizer steps per iteration (and phase).")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Answer pairs per step.")] = 64,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 5e-7,
+    max_new_tokens: Annotated[int, typer.Option()] = 64,
+    temperature: Annotated[float, typer.Option()] = 1.0,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Method hyperparameter KEY=VALUE (e.g. eta=4); repeat.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: automatic).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar over iterations.")] = True,
+) -> None:
+    """Self-play Nash learning: sample K answers per prompt, judge them, update; resumes from OUT."""
+
+    def body() -> None:
+        from hybridrl.preference.oracles import resolve_judge
+        from hybridrl.preference.selfplay import SelfPlayConfig, method_config, resolve_selfplay_method
+
+        spec = resolve_selfplay_method(method)
+        config = method_config(spec, _parse_params(param))
+        run_config = SelfPlayConfig(
+            iterations=iterations,
+            samples_per_prompt=samples_per_prompt,
+            prompts_per_iteration=prompts_per_iteration,
+            steps_per_iteration=steps_per_iteration,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+        oracle = resolve_judge(judge, position_bias=position_bias, seed=seed)  # type: ignore[arg-type]
+        prompt_texts = _read_prompts(prompts)
+
+        from hybridrl.preference.models import load_causal_lm, load_tokenizer
+        from hybridrl.preference.selfplay import SelfPlayTrainer
+
+        trainer = SelfPlayTrainer(
+            spec=spec,
+            method_config=config,
+            config=run_config,
+            model=load_causal_lm(model),
+            ref_model=load_causal_lm(model),
+            tokenizer=load_tokenizer(model),
+            prompts=prompt_texts,
+            judge=oracle,
+            out_dir=out,
+        )
+        last = trainer.run()
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
+        typer.echo(
+            f"{method}: {trainer.iteration} iterations, {trainer.judge_calls} new judge calls"
+            + (f", last: {summary}" if summary else "")
+            + f"; model in {out / 'model'}"
+        )
+
+    _run(body)
+
+
+@app.command("winrate")
+def winrate_command(
+    model: Annotated[list[str], typer.Option(help="Model directory or HF id; repeat for every player.")],
+    out: Annotated[Path, typer.Option(help="JSON file for the matrix.")],
+    task: Annotated[Path | None, typer.Option(help="Task directory (its test_prompts.jsonl).")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="JSONL prompt file (instead of --task).")] = None,
+    name: Annotated[
+        list[str] | None, typer.Option(help="Player names, one per --model (default: directory names).")
+    ] = None,
+    judge: Annotated[str, typer.Option(help="majority, weighted, bt:PATH or pairwise:PATH.")] = "majority",
+    position_bias: Annotated[str, typer.Option(help="none, both or flip.")] = "none",
+    samples_per_prompt: Annotated[int, typer.Option()] = 4,
+    num_prompts: Annotated[int | None, typer.Option(help="Use the first N prompts (default all).")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 12,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Pairwise win-rate matrix (with bootstrap CIs over prompts) of several models under a judge.
+
+    Every model answers with the first model's tokenizer, so the players must share one vocabulary.
+    """
+
+    def body() -> None:
+        from hybridrl.preference.oracles import resolve_judge
+        from hybridrl.preference.winrate import format_matrix, winrate_matrix, write_matrix
+
+        if (task is None) == (prompts is None):
+            raise ValueError("pass exactly one of --task DIR or --prompts FILE")
+        if len(model) < 2:
+            raise ValueError(f"a win-rate matrix needs at least two --model, got {len(model)}")
+        # a run directory's model/ is named after the run
+        names = list(name or []) or [Path(m).parent.name if Path(m).name == "model" else Path(m).name for m in model]
+        if len(names) != len(model):
+            raise ValueError(f"got {len(names)} --name for {len(model)} --model")
+        if len(set(names)) != len(names):
+            raise ValueError(f"player names must differ, got {names}: pass --name for each --model")
+        if samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
+        oracle = resolve_judge(judge, position_bias=position_bias, seed=seed)  # type: ignore[arg-type]
+        prompt_texts = _read_prompts(task / "test_prompts.jsonl" if task is not None else prompts)
+        prompt_texts = prompt_texts[:num_prompts] if num_prompts else prompt_texts
+
+        from hybridrl.preference.models import load_causal_lm, load_tokenizer
+
+        players = {n: load_causal_lm(m) for n, m in zip(names, model, strict=True)}
+        matrix = winrate_matrix(
+            players,
+            load_tokenizer(model[0]),
+            prompt_texts,
+            oracle,
+            judge_name=judge,
+            seed=seed,
+            samples_per_prompt=samples_per_prompt,
+            max_new_tokens=max_new_tokens,
+        )
+        write_matrix(matrix, out)
+        typer.echo(format_matrix(matrix))
+        typer.echo(f"matrix in {out}")
+
+    _run(body)
+
+
+@app.command("train-judge")
+def train_judge_command(
+    kind: Annotated[str, typer.Argument(help="bt (Bradley-Terry reward model) or pairwise (general preference).")],
+    pairs: Annotated[Path, typer.Option(help="JSONL with prompt/chosen/rejected (e.g. the task's pairs.jsonl).")],
+    out: Annotated[Path, typer.Option(help="File for the judge; use it as --judge KIND:OUT.")],
+    epochs: Annotated[int, typer.Option()] = 30,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train a small local preference judge from labelled pairs."""
+
+    def body() -> None:
+        from hybridrl.preference.oracles import JudgeTrainConfig, train_learned_judge
+        from hybridrl.preference.task import read_jsonl
+
+        if kind not in ("bt", "pairwise"):
+            raise ValueError(f"unknown judge kind {kind!r}: use 'bt' or 'pairwise'")
+        if not pairs.is_file():
+            raise FileNotFoundError(f"pair file {pairs} does not exist")
+        rows = read_jsonl(pairs)
+        missing = [c for c in ("prompt", "chosen", "rejected") if rows and c not in rows[0]]
+        if missing:
+            raise ValueError(f"pair file {pairs} lacks column(s) {missing}")
+        judge = train_learned_judge(rows, kind, JudgeTrainConfig(epochs=epochs, seed=seed))  # type: ignore[arg-type]
+        judge.save(out)
+        typer.echo(f"{kind} judge trained on {len(rows)} pairs: use --judge {kind}:{out}")
+
+    _run(body)
 
 
 def main() -> None:  # `python -m hybridrl.preference.cli`

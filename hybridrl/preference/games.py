@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -847,3 +847,29 @@ def plot_gap_curves(
     }
     out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def exact_winrate_matrix(P: np.ndarray, policies: Sequence[np.ndarray], names: Sequence[str]) -> dict:
+    """Win-rate matrix of tabular ``policies`` under the exact preference ``P``: ``pi_i^T P pi_j``.
+
+    Same JSON layout as :func:`hybridrl.preference.winrate.matrix_from_outcomes`; being exact, the
+    intervals have zero width and ``num_comparisons`` is 0 (no samples were drawn).
+    """
+    P = np.asarray(P, dtype=np.float64)
+    _check_preference_matrices(torch.as_tensor(P)[None])
+    pis = np.stack([np.asarray(pi, dtype=np.float64) for pi in policies])
+    if pis.ndim != 2 or pis.shape[1] != P.shape[0] or len(names) != len(pis):
+        raise ValueError(f"need one name per policy and policies of length {P.shape[0]}, got {pis.shape}")
+    if (pis < 0).any() or (np.abs(pis.sum(1) - 1) > 1e-8).any():
+        raise ValueError("every policy must be a probability vector (non-negative, sums to 1)")
+    win = pis @ P @ pis.T
+    win[np.diag_indices_from(win)] = 0.5
+    return {
+        "players": list(names),
+        "win_rate": win.tolist(),
+        "ci_low": win.tolist(),
+        "ci_high": win.tolist(),
+        "judge": "exact",
+        "num_comparisons": np.zeros_like(win, dtype=int).tolist(),
+        "seed": 0,
+    }

@@ -26,8 +26,21 @@ Deviations from the papers, all matching TRL 1.16 ``DPOTrainer`` so that the two
   (:math:`a = 1` is reverse KL, :math:`a = 0` forward KL). The exponent is clamped at 80 (11 in fp16).
 - implicit rewards are :math:`\beta r` (the raw log-ratio), whatever the divergence.
 
-New losses (INPO, SPPO, ...) join by adding an entry to :data:`LOSSES` with :func:`register_loss`;
-anchor log-probs they need beyond the reference go in ``PairLogps.extras``.
+New losses join by adding an entry to :data:`LOSSES` with :func:`register_loss`; anchor log-probs
+and targets they need beyond the reference go in ``PairLogps.extras``.
+
+Self-play (Nash) losses, used by :mod:`hybridrl.preference.selfplay`. A pair is two sampled answers
+``(first, second)`` to one prompt (stored in the chosen / rejected slots; ``first`` is not necessarily
+the better one). The extras they read, each ``[B]``:
+
+- ``prev_chosen`` / ``prev_rejected``: log-probs under the previous iterate :math:`\pi_t` (the prox anchor);
+- ``preference``: :math:`P(y_1 \succ y_2 | x)` from the oracle;
+- ``win_chosen`` / ``win_rejected``: estimates of :math:`P(y \succ \pi_s | x)` against the opponent
+  policy :math:`\pi_s` of the method (the current iterate, the extrapolated one, or a mixture).
+
+All squared losses are computed in float32 (their targets reach tens or hundreds of nats; gotcha 15.1).
+Log-probs are summed over the completion, as in the SPPO and INPO code (EGPO's LM code length-normalises;
+we do not, so its beta is on the summed scale).
 """
 
 from __future__ import annotations
@@ -180,6 +193,108 @@ def robust_dpo_loss(pair: PairLogps, config: Any) -> Tensor:
     return (-(1.0 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1.0 - 2.0 * eps)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Self-play (Nash) losses: one loss per pair, shape [B], float32. Targets come from the oracle via extras.
+
+
+def _extra(pair: PairLogps, name: str, loss: str) -> Tensor:
+    if name not in pair.extras:
+        raise ValueError(
+            f"loss {loss!r} needs PairLogps.extras[{name!r}]: it is a self-play loss, "
+            "train it with `hybridrl pref selfplay`"
+        )
+    return pair.extras[name].float()
+
+
+def _margin(chosen: Tensor, rejected: Tensor) -> Tensor:
+    return chosen.float() - rejected.float()
+
+
+def inpo_loss(pair: PairLogps, config: Any) -> Tensor:
+    r"""INPO (Zhang et al. 2024, arXiv 2407.00617): :math:`(h_t - \eta/2)^2` for the preferred answer first.
+
+    :math:`h_t = \Delta\log\pi_\theta - \eta\tau\,\Delta\log\pi_{ref} - (1-\eta\tau)\,\Delta\log\pi_t`,
+    :math:`\Delta` = first minus second. With a soft preference :math:`p` the label is the expectation
+    over the oracle's coin: :math:`p(h - \eta/2)^2 + (1-p)(h + \eta/2)^2`, minimised at
+    :math:`h = \eta(p - 1/2)`; a hard label ``p = 1`` is the paper's loss. ``config.eta``, ``config.tau``.
+    """
+    ratio = config.eta * config.tau
+    h = (
+        _margin(pair.policy_chosen, pair.policy_rejected)
+        - ratio * _margin(pair.ref_chosen, pair.ref_rejected)
+        - (1.0 - ratio) * _margin(_extra(pair, "prev_chosen", "inpo"), _extra(pair, "prev_rejected", "inpo"))
+    )
+    p = _extra(pair, "preference", "inpo")
+    half = 0.5 * config.eta
+    return p * (h - half) ** 2 + (1.0 - p) * (h + half) ** 2
+
+
+def sppo_loss(pair: PairLogps, config: Any) -> Tensor:
+    r"""SPPO (Wu et al. 2024, arXiv 2405.00675, the ``sppo`` loss of uclaml/SPPO), per answer:
+
+    :math:`\tfrac12[(r_1 - \eta(\hat P_1 - \tfrac12))^2 + (r_2 - \eta(\hat P_2 - \tfrac12))^2]`, with
+    :math:`r = \log\pi_\theta - \log\pi_t` (the anchor is the previous iterate, not the reference) and
+    :math:`\hat P = P(y \succ \pi_t)`. ``config.eta`` (the code's ``1/beta``).
+    """
+    first = _margin(pair.policy_chosen, _extra(pair, "prev_chosen", "sppo"))
+    second = _margin(pair.policy_rejected, _extra(pair, "prev_rejected", "sppo"))
+    first_target = config.eta * (_extra(pair, "win_chosen", "sppo") - 0.5)
+    second_target = config.eta * (_extra(pair, "win_rejected", "sppo") - 0.5)
+    return 0.5 * ((first - first_target) ** 2 + (second - second_target) ** 2)
+
+
+def online_ipo_loss(pair: PairLogps, config: Any) -> Tensor:
+    r"""Online IPO (Calandriello et al. 2024, arXiv 2403.08635; EGPO's OIPO2), both answers from the policy:
+
+    :math:`([r_1 - r_2] - (P(y_1 \succ y_2) - \tfrac12)/\beta)^2`, :math:`r = \log\pi_\theta - \log\pi_{ref}`.
+    """
+    margin = _margin(pair.chosen_logratios, pair.rejected_logratios)
+    return (margin - (_extra(pair, "preference", "online_ipo") - 0.5) / config.beta) ** 2
+
+
+def egpo_loss(pair: PairLogps, config: Any) -> Tensor:
+    r"""EGPO's online-IPO loss (Zhou, Fazel, Du 2025, arXiv 2503.08942; OIPO1 in their code):
+
+    :math:`([r_1 - r_2] - [P(y_1 \succ \pi_s) - P(y_2 \succ \pi_s)]/\beta)^2` with :math:`\pi_s` the
+    opponent: the current policy on the extrapolation half-step, the half-step policy on the update step.
+    """
+    margin = _margin(pair.chosen_logratios, pair.rejected_logratios)
+    wins = _margin(_extra(pair, "win_chosen", "egpo"), _extra(pair, "win_rejected", "egpo"))
+    return (margin - wins / config.beta) ** 2
+
+
+def nash_mp_loss(pair: PairLogps, config: Any) -> Tensor:
+    r"""One Nash Mirror Prox step (Tiapkin et al. 2025, arXiv 2505.19731) as a pairwise regression.
+
+    The prox step :math:`\pi' = \arg\max_\pi \eta[P(\pi \succ \pi_s) - \beta KL(\pi\|\pi_{ref})]
+    - KL(\pi\|\pi_k)` has the closed form
+    :math:`(1+\eta\beta)\log\pi' = \log\pi_k + \eta\beta\log\pi_{ref} + \eta P(y \succ \pi_s) + c`;
+    on answer differences the constant cancels, so the loss is
+    :math:`(\Delta\log\pi_\theta - [\Delta\log\pi_k + \eta\beta\Delta\log\pi_{ref}
+    + \eta\Delta P(\cdot \succ \pi_s)]/(1+\eta\beta))^2`. ``config.eta``, ``config.beta``.
+    (A regression form of the prox step in place of the paper's policy-gradient estimate; see nash_mp.py.)
+    """
+    eta_beta = config.eta * config.beta
+    anchor = _margin(_extra(pair, "prev_chosen", "nash_mp"), _extra(pair, "prev_rejected", "nash_mp"))
+    wins = _margin(_extra(pair, "win_chosen", "nash_mp"), _extra(pair, "win_rejected", "nash_mp"))
+    target = (anchor + eta_beta * _margin(pair.ref_chosen, pair.ref_rejected) + config.eta * wins) / (1.0 + eta_beta)
+    return (_margin(pair.policy_chosen, pair.policy_rejected) - target) ** 2
+
+
+def nash_md_loss(pair: PairLogps, config: Any) -> Tensor:
+    r"""Nash-MD-PG (Munos et al. 2023, arXiv 2312.00886; TRL ``NashMDTrainer``) on two policy answers.
+
+    Both answers come from the policy; ``win_*`` are their win rates against answers of the geometric
+    mixture :math:`\pi^\mu`. Per answer the surrogate
+    :math:`-(\hat P(y \succ \pi^\mu) - \tfrac12 - \beta\,\mathrm{sg}[r])\log\pi_\theta(y)` has the
+    policy gradient of :math:`P(\pi \succ \pi^\mu) - \beta KL(\pi\|\pi_{ref})` (REINFORCE with a 1/2
+    baseline, sequence-level KL); the pair's loss is the mean of its two answers'. ``config.beta``.
+    """
+    first = _extra(pair, "win_chosen", "nash_md") - 0.5 - config.beta * pair.chosen_logratios.detach().float()
+    second = _extra(pair, "win_rejected", "nash_md") - 0.5 - config.beta * pair.rejected_logratios.detach().float()
+    return -0.5 * (first * pair.policy_chosen.float() + second * pair.policy_rejected.float())
+
+
 PairLoss = Callable[[PairLogps, Any], Tensor]
 
 LOSSES: dict[str, PairLoss] = {
@@ -187,8 +302,17 @@ LOSSES: dict[str, PairLoss] = {
     "ipo": ipo_loss,
     "hinge": hinge_loss,
     "robust": robust_dpo_loss,
+    "inpo": inpo_loss,
+    "sppo": sppo_loss,
+    "online_ipo": online_ipo_loss,
+    "egpo": egpo_loss,
+    "nash_mp": nash_mp_loss,
+    "nash_md": nash_md_loss,
 }
 """``loss_type`` name (TRL's names) -> per-pair loss. Extend with :func:`register_loss`."""
+
+SELFPLAY_LOSSES = frozenset({"inpo", "sppo", "online_ipo", "egpo", "nash_mp", "nash_md"})
+"""Losses that need sampled answers and oracle targets (``selfplay``), not an offline pair dataset."""
 
 
 def register_loss(name: str, fn: PairLoss) -> None:
@@ -225,6 +349,10 @@ class PreferenceLossConfig:
 
     def __post_init__(self) -> None:
         resolve_loss(self.loss_type)
+        if self.loss_type in SELFPLAY_LOSSES:
+            raise ValueError(
+                f"loss_type {self.loss_type!r} is a self-play loss: train it with `hybridrl pref selfplay`"
+            )
         resolve_divergence(self.divergence)
         # store the canonical name, so that configs written to disk never hold an alias
         object.__setattr__(self, "divergence", DIVERGENCE_ALIASES.get(self.divergence, self.divergence))

@@ -1,0 +1,690 @@
+r"""Iterative self-play for Nash learning on language models: sample, judge, build targets, update.
+
+One loop serves every method in :mod:`hybridrl.preference.selfplay_methods` (INPO, SPPO, Nash-MP,
+EGPO, Nash-MD, online IPO). Iteration ``t``:
+
+1. **sample** ``K`` answers per prompt from the current policy :math:`\pi_t` (ancestral sampling with a
+   KV cache, seeded by ``(seed, t)``); Nash-MD also samples ``K`` *opponent* answers from the geometric
+   mixture :math:`\pi^\mu \propto \pi_t^{1-\alpha}\pi_{ref}^{\alpha}`, mixed per token on the logits;
+2. **judge** every pair of the policy's answers to a prompt (``K(K-1)/2`` oracle queries; the other
+   order is ``1 - p``), or every (policy, opponent) pair, with the oracle;
+3. **persist** answers and judgments atomically (``iterations/iter-TTTT.pt``) *before* any update, so a
+   run killed later never asks the oracle again about them;
+4. **anchors**: log-probs of the answers under :math:`\pi_{ref}` (a frozen copy) and :math:`\pi_t` (the
+   policy itself before the update) are computed once, without gradient, and cached for the iteration:
+   no copy of the previous iterate is kept;
+5. **targets**: the method turns the judgments into pairs of answers and per-pair targets;
+6. **update**: ``steps_per_iteration`` AdamW steps on the method's loss (``losses.LOSSES``);
+   extragradient methods (EGPO, Nash-MP) first take the steps on targets against :math:`\pi_t`, reaching
+   :math:`\pi_{t+1/2}`, sample opponents from it and judge the policy's answers against them (persisted too),
+   then **restore the parameters and the AdamW state** of :math:`\pi_t` and take the steps again on
+   targets against :math:`\pi_{t+1/2}` (EGPO's LM trainer backs up the optimizer state for the same reason:
+   undoing a step by its negative gradient is exact only for plain SGD);
+7. **checkpoint** (weights, optimizer, iteration) atomically.
+
+Rerunning with the same ``out_dir`` resumes after the last checkpoint and reuses every persisted
+sample file; data order and sampling depend only on ``(seed, iteration, phase)``, so a resumed run
+reaches the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkpoint
+from hybridrl.core.seeding import resolve_device
+from hybridrl.preference.data import PairBatch, TokenizedPairs
+from hybridrl.preference.logprobs import _accepts_logits_to_keep, collate, pair_logps, sequence_logps
+from hybridrl.preference.losses import PairLogps, resolve_loss
+from hybridrl.preference.models import disable_dropout
+from hybridrl.preference.oracles import PreferenceOracle, judge_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelfPlayConfig:
+    """Run settings shared by every self-play method (the method's own hyperparameters live in its file)."""
+
+    iterations: int = 3
+    """Outer iterations (SPPO and INPO use 3)."""
+    samples_per_prompt: int = 4
+    """Answers K sampled per prompt and iteration (SPPO 5, INPO 8)."""
+    prompts_per_iteration: int | None = None
+    """Prompts drawn (seeded) per iteration; None uses every prompt every iteration."""
+    steps_per_iteration: int = 20
+    """Optimizer steps per iteration (per phase for extragradient methods)."""
+    batch_size: int = 64
+    """Answer pairs per optimizer step."""
+    learning_rate: float = 5e-7
+    """AdamW step size (SPPO, INPO and EGPO use 5e-7 on 7B models; tiny models need far more)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (EGPO uses 1.0)."""
+    temperature: float = 1.0
+    """Sampling temperature (INPO 1.0)."""
+    max_new_tokens: int = 64
+    """Longest sampled answer (TRL's online trainers default to 64)."""
+    sample_batch_size: int = 256
+    """Rows per sampling / anchor forward."""
+    seed: int = 0
+    """Seeds sampling, prompt draws and pair order."""
+    device: str | None = None
+    """cpu, cuda, cuda:N or None for automatic."""
+    progress: bool = True
+    """Show a progress bar over iterations."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "samples_per_prompt", "steps_per_iteration", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.samples_per_prompt < 2:
+            raise ValueError(f"samples_per_prompt must be at least 2 (pairs are judged), got {self.samples_per_prompt}")
+        if self.prompts_per_iteration is not None and self.prompts_per_iteration < 1:
+            raise ValueError(f"prompts_per_iteration must be at least 1 or None, got {self.prompts_per_iteration}")
+        if self.learning_rate <= 0 or self.temperature <= 0:
+            raise ValueError("learning_rate and temperature must be positive")
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a method contributes
+
+
+@dataclass(frozen=True)
+class PairTargets:
+    """Pairs of answers to train on and their targets; answers are flat indices ``prompt * K + k``."""
+
+    first: Tensor
+    """``[M]`` index of the first answer of each pair (the chosen slot of :class:`PairLogps`)."""
+    second: Tensor
+    """``[M]`` index of the second answer."""
+    extras: dict[str, Tensor]
+    """``[M]`` oracle targets the loss reads (``preference``, ``win_chosen``, ``win_rejected``)."""
+
+
+TargetBuilder = Callable[[Tensor, "Tensor | None", Any], PairTargets]
+"""(self_preferences [P, K, K], opponent_preferences [P, K, K] or None, method config) -> PairTargets."""
+
+
+@dataclass(frozen=True)
+class SelfPlaySpec:
+    """A self-play method: its config class, loss name, target construction and sampling needs."""
+
+    name: str
+    config: type
+    """Frozen dataclass of the method's hyperparameters (paper defaults)."""
+    loss: str
+    """Key of ``losses.LOSSES``."""
+    build_targets: TargetBuilder
+    extragradient: bool = False
+    """Two phases per iteration, the second against the half-step policy from the restored state."""
+    mixture_opponents: bool = False
+    """Opponents sampled from the per-token geometric mixture of policy and reference (Nash-MD);
+    the method config then has ``mixture_coef``."""
+
+
+SELFPLAY_METHODS: dict[str, SelfPlaySpec] = {}
+"""Method name -> spec; filled by the modules of :mod:`hybridrl.preference.selfplay_methods`."""
+
+
+def register_selfplay(spec: SelfPlaySpec) -> SelfPlaySpec:
+    if spec.name in SELFPLAY_METHODS:
+        raise ValueError(f"self-play method {spec.name!r} is already registered")
+    resolve_loss(spec.loss)
+    SELFPLAY_METHODS[spec.name] = spec
+    return spec
+
+
+def resolve_selfplay_method(name: str) -> SelfPlaySpec:
+    """The method called ``name``; unknown names list the valid ones."""
+    importlib.import_module("hybridrl.preference.selfplay_methods")  # explicit imports register them all
+    if name not in SELFPLAY_METHODS:
+        raise ValueError(f"unknown self-play method {name!r}: choose one of {', '.join(SELFPLAY_METHODS)}")
+    return SELFPLAY_METHODS[name]
+
+
+def method_config(spec: SelfPlaySpec, overrides: dict[str, Any] | None = None) -> Any:
+    """The method's config with ``overrides`` (strings are converted to the field's type)."""
+    known = {f.name: f for f in fields(spec.config)}
+    values = {}
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ValueError(f"{spec.name} has no parameter {key!r}: choose one of {', '.join(known)}")
+        default = getattr(spec.config(), key)
+        values[key] = type(default)(value) if isinstance(value, str) and default is not None else value
+    return spec.config(**values)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers the methods share (pure tensor functions)
+
+
+def all_pairs(num_prompts: int, k: int) -> tuple[Tensor, Tensor]:
+    """Flat indices of every pair ``i < j`` of the ``k`` answers of each prompt: ``[P * k(k-1)/2]`` each."""
+    i, j = torch.triu_indices(k, k, 1)
+    base = (torch.arange(num_prompts) * k)[:, None]
+    return (base + i).reshape(-1), (base + j).reshape(-1)
+
+
+def pair_values(matrix: Tensor, first: Tensor, second: Tensor) -> Tensor:
+    """``matrix[p, i, j]`` for flat answer indices ``first = p*k + i``, ``second = p*k + j``."""
+    k = matrix.size(-1)
+    return matrix[first // k, first % k, second % k]
+
+
+def win_rates(self_preferences: Tensor, opponent_preferences: Tensor | None) -> Tensor:
+    r"""``[P, K]`` estimates of :math:`P(y_i \succ \pi_s)`: the mean over the opponents' answers when given,
+    else over the *other* answers of the same policy (leave-one-out, so unbiased for :math:`\pi_t`)."""
+    if opponent_preferences is not None:
+        return opponent_preferences.mean(-1)
+    k = self_preferences.size(-1)
+    return (self_preferences.sum(-1) - 0.5) / (k - 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[r, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample_completions(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator,
+    mixture: tuple[torch.nn.Module, float] | None = None,
+    batch_size: int = 256,
+) -> list[list[int]]:
+    """One sampled completion (token ids, EOS included when produced) per prompt in ``prompt_ids``.
+
+    With ``mixture=(reference, alpha)`` every next token is drawn from
+    ``softmax(((1 - alpha) * logits_policy + alpha * logits_ref) / temperature)``, the per-token geometric
+    mixture of Nash-MD (TRL's ``GeometricMixtureWrapper``), with both models' KV caches kept.
+    """
+    models = [model] if mixture is None else [model, mixture[0]]
+    device = next(model.parameters()).device
+    states = [m.training for m in models]
+    for m in models:
+        m.eval()
+    out_rows: list[list[int]] = []
+    try:
+        for start in range(0, len(prompt_ids), batch_size):
+            ids, mask = _left_pad(prompt_ids[start : start + batch_size], pad_token_id, device)
+            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            caches: list[Any] = [None] * len(models)
+            tokens, step_mask = ids, mask
+            step_positions = positions
+            done = torch.zeros(ids.size(0), dtype=torch.bool, device=device)
+            generated = []
+            for _ in range(max_new_tokens):
+                logits = []
+                for n, m in enumerate(models):
+                    kwargs = {"logits_to_keep": 1} if _accepts_logits_to_keep(m) else {}
+                    out = m(
+                        input_ids=tokens,
+                        attention_mask=step_mask,
+                        position_ids=step_positions,
+                        past_key_values=caches[n],
+                        use_cache=True,
+                        **kwargs,
+                    )
+                    caches[n] = out.past_key_values
+                    logits.append(out.logits[:, -1].float())
+                mixed = logits[0] if mixture is None else (1 - mixture[1]) * logits[0] + mixture[1] * logits[1]
+                probs = torch.softmax(mixed / temperature, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                token = torch.where(done, torch.full_like(token, pad_token_id), token)
+                generated.append(token)
+                done |= token == eos_token_id
+                if bool(done.all()):
+                    break
+                tokens = token[:, None]
+                step_mask = torch.cat([step_mask, torch.ones_like(tokens)], dim=1)
+                step_positions = step_positions[:, -1:] + 1
+            new = torch.stack(generated, dim=1).cpu()
+            is_eos = new == eos_token_id
+            # keep the tokens up to and including the first EOS
+            keep = (is_eos.long().cumsum(1) - is_eos.long()) == 0
+            out_rows.extend(row[k].tolist() for row, k in zip(new, keep, strict=True))
+    finally:
+        for m, state in zip(models, states, strict=True):
+            m.train(state)
+    return out_rows
+
+
+@torch.no_grad()
+def completion_logps(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    prompt_lengths: Sequence[int],
+    *,
+    pad_token_id: int,
+    batch_size: int = 256,
+) -> Tensor:
+    """``[N]`` float32 summed completion log-probs of full sequences (prompt + completion), no gradient."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(sequences), batch_size):
+            rows = sequences[start : start + batch_size]
+            starts = torch.tensor(prompt_lengths[start : start + batch_size])
+            lengths = torch.tensor([len(r) for r in rows])
+            ids = torch.full((len(rows), int(lengths.max())), pad_token_id, dtype=torch.long)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+            positions = torch.arange(ids.size(1))
+            attention = (positions < lengths[:, None]).long()
+            completion = attention * (positions >= starts[:, None]).long()
+            batch = PairBatch(ids, attention, completion, torch.empty(0, dtype=torch.long)).to(device)
+            out.append(sequence_logps(model, batch)[0].float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class JudgedSamples:
+    """One iteration's answers and judgments, as persisted (plain lists and CPU tensors)."""
+
+    prompt_indices: list[int]
+    """Which prompts (indices into the run's prompt list), P of them."""
+    completions: list[list[int]]
+    """``P * K`` completion token ids of the policy, row ``p * K + k``."""
+    texts: list[str]
+    """The same answers decoded (what the judge read)."""
+    preferences: Tensor
+    """``[P, K, K]`` P(answer i beats answer j) for the policy's answers; 0.5 on the diagonal."""
+    opponent_completions: list[list[int]] = field(default_factory=list)
+    """``P * K`` opponent answers (Nash-MD's mixture, or the half-step policy's), when the method has them."""
+    opponent_preferences: Tensor | None = None
+    """``[P, K, K]`` P(policy answer i beats opponent answer m)."""
+
+
+class SelfPlayTrainer:
+    """Runs a self-play method on a causal LM; see the module docstring for one iteration.
+
+    Args:
+        spec: the method (``resolve_selfplay_method``).
+        method_config: its hyperparameters (``method_config(spec, overrides)``).
+        config: run settings.
+        model: the policy (trained in place); ``ref_model``: the frozen reference :math:`\\pi_{ref}`.
+        tokenizer: encodes prompts and decodes answers for the judge.
+        prompts: prompt texts.
+        judge: any :class:`~hybridrl.preference.oracles.PreferenceOracle`.
+        out_dir: checkpoint, per-iteration samples, metrics.jsonl, config.json, and ``model/`` at the end.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: SelfPlaySpec,
+        method_config: Any,
+        config: SelfPlayConfig,
+        model: PreTrainedModel,
+        ref_model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[str],
+        judge: PreferenceOracle,
+        out_dir: str | os.PathLike,
+    ) -> None:
+        if not prompts:
+            raise ValueError("no prompts to sample from")
+        self.spec, self.method_config, self.config = spec, method_config, config
+        self.loss_fn = resolve_loss(spec.loss)
+        self.device = resolve_device(config.device)
+        disable_dropout(model)
+        disable_dropout(ref_model)
+        self.model = model.to(self.device)
+        self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token: sampled answers could never end")
+        self.prompts = list(prompts)
+        self.prompt_ids: list[list[int]] = tokenizer(self.prompts)["input_ids"]
+        self.judge = judge
+        self.out_dir = Path(out_dir)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+        )
+        self.iteration = 0
+        self.judge_calls = 0
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def samples_path(self, iteration: int, kind: str) -> Path:
+        return self.out_dir / "iterations" / f"iter-{iteration:04d}-{kind}.pt"
+
+    def _check_run_dir(self) -> None:
+        """A rerun must continue the same method with the same settings (more iterations are fine)."""
+        path = self.out_dir / "config.json"
+        current = {
+            "method": self.spec.name,
+            "method_config": asdict(self.method_config),
+            "run": asdict(self.config),
+            # persisted samples index into the prompt list: it must not change under a resumed run
+            "prompts_sha256": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest(),
+        }
+        if path.exists():
+            previous = json.loads(path.read_text())
+            if previous.get("method") != self.spec.name:
+                raise ValueError(
+                    f"{self.out_dir} holds a {previous.get('method')!r} run: pick another --out to run {self.spec.name}"
+                )
+            free = {"iterations", "progress", "device"}
+            changed = sorted(
+                [k for k, v in current["method_config"].items() if previous["method_config"].get(k) != v]
+                + [k for k, v in current["run"].items() if k not in free and previous["run"].get(k) != v]
+            )
+            if previous.get("prompts_sha256", current["prompts_sha256"]) != current["prompts_sha256"]:
+                changed.append("prompts")
+            if changed:
+                raise ValueError(
+                    f"{self.out_dir} was started with other settings ({', '.join(changed)} differ): "
+                    "rerun with the same ones to resume, or pick another --out"
+                )
+        atomic_write_json(path, current)
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = state["iteration"]
+        return True
+
+    def save_checkpoint(self) -> None:
+        atomic_save(
+            {"iteration": self.iteration, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
+            self.checkpoint_path,
+        )
+
+    # -- sampling and judging ------------------------------------------------------------------------
+
+    def _generator(self, iteration: int, phase: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + iteration * 10 + phase)
+
+    def _decode(self, completions: Sequence[Sequence[int]]) -> list[str]:
+        texts = self.tokenizer.batch_decode([list(c) for c in completions], skip_special_tokens=True)
+        return [" " + text.strip() for text in texts]
+
+    def _prompt_indices(self, iteration: int) -> list[int]:
+        count = self.config.prompts_per_iteration
+        if count is None or count >= len(self.prompts):
+            return list(range(len(self.prompts)))
+        generator = torch.Generator().manual_seed(self.config.seed * 7_919 + iteration)
+        return sorted(torch.randperm(len(self.prompts), generator=generator)[:count].tolist())
+
+    def _sample(
+        self, prompt_indices: list[int], generator: torch.Generator, *, mixture: bool = False
+    ) -> list[list[int]]:
+        k = self.config.samples_per_prompt
+        rows = [self.prompt_ids[p] for p in prompt_indices for _ in range(k)]
+        return sample_completions(
+            self.model,
+            rows,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            max_new_tokens=self.config.max_new_tokens,
+            temperature=self.config.temperature,
+            generator=generator,
+            mixture=(self.ref_model, self.method_config.mixture_coef) if mixture else None,
+            batch_size=self.config.sample_batch_size,
+        )
+
+    def _judge(
+        self,
+        prompt_indices: list[int],
+        firsts: list[str],
+        seconds: list[str],
+        pairs: tuple[Tensor, Tensor],
+        *,
+        symmetric: bool,
+    ) -> Tensor:
+        """``[P, K, K]`` preferences of answer ``firsts[i]`` over ``seconds[j]`` for the pairs asked."""
+        k = self.config.samples_per_prompt
+        first, second = pairs
+        prompts = [self.prompts[prompt_indices[int(i) // k]] for i in first]
+        values = judge_batch(self.judge, prompts, [firsts[int(i)] for i in first], [seconds[int(j)] for j in second])
+        self.judge_calls += len(values)
+        matrix = torch.full((len(prompt_indices), k, k), 0.5, dtype=torch.float64)
+        rows, cols_a, cols_b = first // k, first % k, second % k
+        matrix[rows, cols_a, cols_b] = torch.as_tensor(values)
+        if symmetric:
+            matrix[rows, cols_b, cols_a] = 1.0 - torch.as_tensor(values)
+        return matrix
+
+    def collect(self, iteration: int) -> JudgedSamples:
+        """The iteration's judged policy answers (and Nash-MD's mixture opponents): from disk, else new."""
+        path = self.samples_path(iteration, "samples")
+        if path.exists():
+            return JudgedSamples(**load_checkpoint(path))
+        prompt_indices = self._prompt_indices(iteration)
+        generator = self._generator(iteration, 0)
+        completions = self._sample(prompt_indices, generator)
+        texts = self._decode(completions)
+        k = self.config.samples_per_prompt
+        preferences = self._judge(prompt_indices, texts, texts, all_pairs(len(prompt_indices), k), symmetric=True)
+        samples = JudgedSamples(prompt_indices, completions, texts, preferences)
+        if self.spec.mixture_opponents:
+            opponents = self._sample(prompt_indices, generator, mixture=True)
+            samples.opponent_completions = opponents
+            samples.opponent_preferences = self._judge(
+                prompt_indices, texts, self._decode(opponents), self._cross_pairs(len(prompt_indices)), symmetric=False
+            )
+        atomic_save(asdict(samples), path)  # before any update: a killed run never re-asks the judge
+        return samples
+
+    def _cross_pairs(self, num_prompts: int) -> tuple[Tensor, Tensor]:
+        k = self.config.samples_per_prompt
+        base = (torch.arange(num_prompts) * k)[:, None, None]
+        i, m = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
+        return (base + i).reshape(-1), (base + m).reshape(-1)
+
+    def collect_half_step_opponents(self, iteration: int, samples: JudgedSamples) -> Tensor:
+        """``[P, K, K]`` judgments of the policy's answers against the half-step policy's (persisted)."""
+        path = self.samples_path(iteration, "opponents")
+        if path.exists():
+            return load_checkpoint(path)["opponent_preferences"]
+        opponents = self._sample(samples.prompt_indices, self._generator(iteration, 1))
+        preferences = self._judge(
+            samples.prompt_indices,
+            samples.texts,
+            self._decode(opponents),
+            self._cross_pairs(len(samples.prompt_indices)),
+            symmetric=False,
+        )
+        atomic_save({"opponent_completions": opponents, "opponent_preferences": preferences}, path)
+        return preferences
+
+    # -- update ----------------------------------------------------------------------------------------
+
+    def anchors(self, samples: JudgedSamples) -> tuple[TokenizedPairs, Tensor, Tensor]:
+        """Full sequences of the answers, and their log-probs under the reference and the current policy."""
+        k = self.config.samples_per_prompt
+        prompts = [self.prompt_ids[p] for p in samples.prompt_indices for _ in range(k)]
+        sequences = [p + c for p, c in zip(prompts, samples.completions, strict=True)]
+        lengths = [len(p) for p in prompts]
+        kwargs = {"pad_token_id": self.pad_token_id, "batch_size": self.config.sample_batch_size}
+        ref = completion_logps(self.ref_model, sequences, lengths, **kwargs)
+        prev = completion_logps(self.model, sequences, lengths, **kwargs)
+        return TokenizedPairs(sequences, lengths, sequences, lengths), ref, prev
+
+    def update(
+        self, sequences: TokenizedPairs, ref: Tensor, prev: Tensor, targets: PairTargets, *, iteration: int, phase: int
+    ) -> list[float]:
+        """``steps_per_iteration`` AdamW steps on the method's loss over minibatches of ``targets``."""
+        pairs = TokenizedPairs(
+            [sequences.chosen_ids[int(i)] for i in targets.first],
+            [sequences.chosen_prompt_lengths[int(i)] for i in targets.first],
+            [sequences.chosen_ids[int(i)] for i in targets.second],
+            [sequences.chosen_prompt_lengths[int(i)] for i in targets.second],
+        )
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + iteration * 10 + phase)
+        order = torch.cat(
+            [
+                torch.randperm(len(pairs), generator=generator)
+                for _ in range(-(-self.config.steps_per_iteration * self.config.batch_size // len(pairs)))
+            ]
+        )
+        self.model.train()
+        losses = []
+        for step in range(self.config.steps_per_iteration):
+            rows = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
+            batch = collate(pairs, rows.tolist(), pad_token_id=self.pad_token_id).to(self.device)
+            logps, lengths = pair_logps(self.model, batch)
+            half = rows.numel()
+            first, second = targets.first[rows], targets.second[rows]
+            extras = {"prev_chosen": prev[first], "prev_rejected": prev[second]}
+            extras.update({key: value[rows].float() for key, value in targets.extras.items()})
+            pair = PairLogps(
+                policy_chosen=logps[:half],
+                policy_rejected=logps[half:],
+                ref_chosen=ref[first].to(self.device),
+                ref_rejected=ref[second].to(self.device),
+                chosen_lengths=lengths[:half],
+                rejected_lengths=lengths[half:],
+                extras={key: value.to(self.device) for key, value in extras.items()},
+            )
+            loss = self.loss_fn(pair, self.method_config).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}: lower the learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+            self.optimizer.step()
+            losses.append(loss.item())
+        self.optimizer.zero_grad(set_to_none=True)
+        return losses
+
+    def run_iteration(self, iteration: int) -> dict[str, float]:
+        start_calls = self.judge_calls
+        samples = self.collect(iteration)
+        sequences, ref, prev = self.anchors(samples)
+        build = self.spec.build_targets
+        if self.spec.extragradient:
+            start = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+            if not self.samples_path(iteration, "opponents").exists():  # the half step only serves sampling
+                half_targets = build(samples.preferences, None, self.method_config)
+                self.update(sequences, ref, prev, half_targets, iteration=iteration, phase=0)
+            opponents = self.collect_half_step_opponents(iteration, samples)
+            self.model.load_state_dict(start[0])
+            self.optimizer.load_state_dict(start[1])  # AdamW moments too: the half step leaves no trace
+            targets = build(samples.preferences, opponents, self.method_config)
+            losses = self.update(sequences, ref, prev, targets, iteration=iteration, phase=1)
+        else:
+            targets = build(samples.preferences, samples.opponent_preferences, self.method_config)
+            losses = self.update(sequences, ref, prev, targets, iteration=iteration, phase=0)
+        lengths = torch.tensor([len(c) for c in samples.completions], dtype=torch.float64)
+        return {
+            "loss/first": losses[0],
+            "loss/last": losses[-1],
+            "pairs": float(targets.first.numel()),
+            "judge_calls": float(self.judge_calls - start_calls),
+            "samples/mean_tokens": float(lengths.mean()),
+            "samples/kl_to_ref": float((prev - ref).mean()),
+        }
+
+    def run(self) -> dict[str, float]:
+        """Train to ``config.iterations``, resuming from ``out_dir``; saves ``out_dir/model`` at the end."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._check_run_dir()
+        self.load_checkpoint()
+        metrics_path = self.out_dir / "metrics.jsonl"
+        kept = [
+            line
+            for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+            if line.strip() and json.loads(line)["iteration"] < self.iteration
+        ]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+        from tqdm.auto import tqdm
+
+        last: dict[str, float] = {}
+        bar = tqdm(
+            total=self.config.iterations,
+            initial=self.iteration,
+            desc=f"selfplay {self.spec.name}",
+            dynamic_ncols=True,
+            disable=not self.config.progress,
+        )
+        try:
+            while self.iteration < self.config.iterations:
+                began = time.perf_counter()
+                last = self.run_iteration(self.iteration)
+                last["time/s"] = time.perf_counter() - began
+                self.iteration += 1
+                self.save_checkpoint()
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps({"iteration": self.iteration - 1, **last}) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss/last']:.4g}", kl=f"{last['samples/kl_to_ref']:.3g}")
+        finally:
+            bar.close()
+        self.model.save_pretrained(self.out_dir / "model")
+        self.tokenizer.save_pretrained(self.out_dir / "model")
+        return last
+
+
+def unique_prompts(rows: Sequence[dict]) -> list[str]:
+    """The distinct ``prompt`` values of jsonl rows, in first-seen order."""
+    if rows and "prompt" not in rows[0]:
+        raise ValueError("prompt file rows need a 'prompt' field (e.g. the task's test_prompts.jsonl)")
+    return list(dict.fromkeys(str(r["prompt"]) for r in rows))
+
+
+__all__ = [
+    "SELFPLAY_METHODS",
+    "JudgedSamples",
+    "PairTargets",
+    "SelfPlayConfig",
+    "SelfPlaySpec",
+    "SelfPlayTrainer",
+    "all_pairs",
+    "method_config",
+    "pair_values",
+    "register_selfplay",
+    "resolve_selfplay_method",
+    "sample_completions",
+    "unique_prompts",
+    "win_rates",
+]

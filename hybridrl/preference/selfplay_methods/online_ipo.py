@@ -1,0 +1,41 @@
+r"""Online IPO (Calandriello et al., arXiv 2403.08635), the baseline of the Nash-MP and EGPO papers.
+
+Both answers are sampled from the current policy and the IPO loss is regressed on the oracle's
+preference: ``losses.online_ipo_loss``,
+:math:`([r(y) - r(y')] - (P(y \succ y') - 1/2)/\beta)^2` with :math:`r = \log\pi_\theta/\pi_{ref}`.
+Its gradient is the self-play policy gradient, which can be unstable (Tiapkin et al.); the proximal
+and extragradient methods exist to fix that. Every pair of the K answers to a prompt is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from hybridrl.preference.selfplay import PairTargets, SelfPlaySpec, all_pairs, pair_values, register_selfplay
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnlineIPOConfig:
+    """Online IPO hyperparameters (EGPO's LM baselines use beta = 0.1)."""
+
+    beta: float = 0.1
+    """KL strength toward the reference: the target margin is (P - 1/2) / beta."""
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+
+
+def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) -> PairTargets:
+    """Every pair i < j of a prompt's answers with its preference."""
+    num_prompts, k, _ = preferences.shape
+    first, second = all_pairs(num_prompts, k)
+    return PairTargets(first, second, {"preference": pair_values(preferences, first, second)})
+
+
+register_selfplay(
+    SelfPlaySpec(name="online_ipo", config=OnlineIPOConfig, loss="online_ipo", build_targets=build_targets)
+)

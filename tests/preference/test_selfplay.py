@@ -1,0 +1,166 @@
+"""Self-play loop on a tiny Llama: every registered method runs 2 iterations; kill and resume never re-judge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hybridrl.preference.oracles import MajorityJudge
+from hybridrl.preference.selfplay import (
+    SELFPLAY_METHODS,
+    SelfPlayConfig,
+    SelfPlayTrainer,
+    all_pairs,
+    method_config,
+    resolve_selfplay_method,
+    sample_completions,
+    win_rates,
+)
+
+resolve_selfplay_method("inpo")  # fills the registry for parametrize
+METHODS = sorted(SELFPLAY_METHODS)
+
+
+class CountingJudge:
+    """The majority judge, counting every pair it is asked about."""
+
+    def __init__(self):
+        self.calls = 0
+        self.inner = MajorityJudge()
+
+    def preference(self, prompt, first, second):
+        self.calls += 1
+        return self.inner.preference(prompt, first, second)
+
+
+def make_trainer(tiny_lm, text_rows, out_dir, method, judge, **overrides):
+    from hybridrl.preference.models import load_causal_lm, load_tokenizer
+
+    spec = resolve_selfplay_method(method)
+    settings = dict(
+        iterations=2,
+        samples_per_prompt=4,
+        prompts_per_iteration=8,
+        steps_per_iteration=3,
+        batch_size=8,
+        learning_rate=1e-3,
+        max_new_tokens=6,
+        progress=False,
+        device="cpu",
+    )
+    settings.update(overrides)
+    return SelfPlayTrainer(
+        spec=spec,
+        method_config=method_config(spec),
+        config=SelfPlayConfig(**settings),
+        model=load_causal_lm(tiny_lm[0]),
+        ref_model=load_causal_lm(tiny_lm[0]),
+        tokenizer=load_tokenizer(tiny_lm[0]),
+        prompts=[r["prompt"] for r in text_rows],
+        judge=judge,
+        out_dir=out_dir,
+    )
+
+
+def params(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_iterations_end_to_end(method, tiny_lm, text_rows, tmp_path, one_torch_thread):
+    judge = CountingJudge()
+    trainer = make_trainer(tiny_lm, text_rows, tmp_path / method, method, judge)
+    before = params(trainer.model).clone()
+    last = trainer.run()
+    assert trainer.iteration == 2
+    assert not torch.equal(before, params(trainer.model))
+    assert torch.isfinite(params(trainer.model)).all()
+    lines = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    assert [line["iteration"] for line in lines] == [0, 1]
+    # K(K-1)/2 = 6 queries per prompt, and K^2 = 16 more against opponents for EG methods and Nash-MD
+    spec = SELFPLAY_METHODS[method]
+    per_prompt = 6 + (16 if spec.extragradient or spec.mixture_opponents else 0)
+    assert judge.calls == 2 * 8 * per_prompt == 2 * last["judge_calls"]
+    assert (tmp_path / method / "model" / "config.json").exists()
+    assert (tmp_path / method / "iterations" / "iter-0001-samples.pt").exists()
+
+
+@pytest.mark.parametrize("method", ["egpo", "inpo"])
+def test_killed_run_resumes_without_rejudging_and_matches(method, tiny_lm, text_rows, tmp_path, one_torch_thread):
+    straight_judge = CountingJudge()
+    straight = make_trainer(tiny_lm, text_rows, tmp_path / "straight", method, straight_judge)
+    straight.run()
+
+    # kill in the middle of iteration 1's (last) update, after its samples were judged and persisted
+    first_judge = CountingJudge()
+    killed = make_trainer(tiny_lm, text_rows, tmp_path / "killed", method, first_judge)
+    real_update = killed.update
+    last_phase = 1 if SELFPLAY_METHODS[method].extragradient else 0
+
+    def update_then_die(*args, iteration, phase):
+        if iteration == 1 and phase == last_phase:
+            raise KeyboardInterrupt
+        return real_update(*args, iteration=iteration, phase=phase)
+
+    killed.update = update_then_die
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    assert first_judge.calls == straight_judge.calls  # everything was judged before the kill
+
+    second_judge = CountingJudge()
+    resumed = make_trainer(tiny_lm, text_rows, tmp_path / "killed", method, second_judge)
+    resumed.run()
+    assert second_judge.calls == 0
+    assert torch.equal(params(resumed.model), params(straight.model))
+    metrics = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in metrics] == [0, 1]
+
+
+def test_rerun_of_a_finished_run_does_nothing_and_a_longer_one_continues(tiny_lm, text_rows, tmp_path):
+    judge = CountingJudge()
+    make_trainer(tiny_lm, text_rows, tmp_path / "r", "sppo", judge, iterations=1).run()
+    calls = judge.calls
+    make_trainer(tiny_lm, text_rows, tmp_path / "r", "sppo", judge, iterations=1).run()
+    assert judge.calls == calls
+    make_trainer(tiny_lm, text_rows, tmp_path / "r", "sppo", judge, iterations=2).run()
+    assert judge.calls == 2 * calls
+    moved = make_trainer(tiny_lm, text_rows[::-1], tmp_path / "r", "sppo", judge, iterations=3)
+    with pytest.raises(ValueError, match=r"other settings \(prompts differ\)"):
+        moved.run()
+    with pytest.raises(ValueError, match="holds a 'sppo' run"):
+        make_trainer(tiny_lm, text_rows, tmp_path / "r", "inpo", judge).run()
+
+
+def test_mixture_sampling_follows_the_reference_when_alpha_is_one(tiny_lm):
+    from hybridrl.preference.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_lm[0])
+    policy, reference = load_causal_lm(tiny_lm[0]), load_causal_lm(tiny_lm[1])
+    prompts = tokenizer(["write two words about animals and tools using saw :"] * 3)["input_ids"]
+    kwargs = dict(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_new_tokens=5, temperature=1.0
+    )
+    mixed = sample_completions(
+        policy, prompts, generator=torch.Generator().manual_seed(3), mixture=(reference, 1.0), **kwargs
+    )
+    plain = sample_completions(reference, prompts, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert mixed == plain
+    assert all(1 <= len(row) <= 5 for row in plain)
+
+
+def test_target_helpers():
+    first, second = all_pairs(2, 3)
+    assert first.tolist() == [0, 0, 1, 3, 3, 4] and second.tolist() == [1, 2, 2, 4, 5, 5]
+    prefs = torch.tensor([[[0.5, 1.0, 0.0], [0.0, 0.5, 1.0], [1.0, 0.0, 0.5]]], dtype=torch.float64)
+    assert win_rates(prefs, None).tolist() == [[0.5, 0.5, 0.5]]  # a cycle: everyone wins half
+    assert win_rates(prefs, torch.ones(1, 3, 2)).tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_unknown_method_and_parameter():
+    with pytest.raises(ValueError, match="unknown self-play method 'ppo': choose one of"):
+        resolve_selfplay_method("ppo")
+    with pytest.raises(ValueError, match="inpo has no parameter 'beta': choose one of eta, tau"):
+        method_config(resolve_selfplay_method("inpo"), {"beta": "0.1"})
+    assert method_config(resolve_selfplay_method("inpo"), {"eta": "4"}).eta == 4.0
