@@ -156,20 +156,23 @@ def test_ray_local_gives_the_same_results_as_the_process_pool(store, tmp_path):
 
 
 @pytest.mark.slow
-def test_preference_runs_and_their_win_rate_matrix(tmp_path):
+def test_preference_and_selfplay_runs_and_their_win_rate_matrix(tmp_path):
     pytest.importorskip("transformers")
     settings = {"batch_size": "8", "eval_prompts": "8"}
-    runs = suites.grid("preference", ["dpo", "ipo"], [suites.BUNDLED_PREF_TASK], [0], steps=3, overrides=settings)
-    matrix = suites.win_rate_matrix(runs)
-    matrix = replace(matrix, overrides={**matrix.overrides, "eval_prompts": "8", "judge": "majority"})
+    runs = [*suites.grid("preference", ["dpo-majority"], [suites.BUNDLED_PREF_TASK], [0], steps=3,
+                         overrides=settings),
+            RunSpec("selfplay", "inpo", suites.BUNDLED_PREF_TASK, steps=1,
+                    overrides={**settings, "prompts_per_iteration": "16", "steps_per_iteration": "2"})]
+    matrix = suites.win_rate_matrix(runs, "majority", eval_prompts="8")
     result = run_grid([matrix, *runs], tmp_path, workers=1, threads=1, device="cpu", echo=lambda _: None)
     assert not result.failed and result.finished[-1] == matrix.run_id  # the matrix waits for its players
     for run in runs:
         scores = read_scores(tmp_path / run.run_id)
         low, high = scores["win_rate_ci"]
-        assert 0 <= low <= scores["score"] <= high <= 1
+        assert 0 <= low <= scores["score"] <= high <= 1 and scores["judge"] == "majority"
+    assert read_scores(tmp_path / runs[1].run_id)["judge_calls"] > 0
     table = read_scores(tmp_path / matrix.run_id)["win_rate_matrix"]
-    assert table["players"] == ["dpo", "ipo", "sft"] and table["judge"] == "majority"
+    assert table["players"] == ["dpo-majority", "inpo", "sft"] and table["judge"] == "majority"
     win = table["win_rate"]
     for i in range(3):
         assert win[i][i] == 0.5
@@ -214,7 +217,7 @@ def test_a_changed_bundled_file_is_caught(tmp_path, monkeypatch):
     monkeypatch.setattr(bundled, "ASSETS", copy)
     monkeypatch.setattr(bundled, "MANIFEST", copy / "MANIFEST.json")
     (copy / "pref-task" / "task.json").write_text("{}")
-    with pytest.raises(bundled.BundleError, match="pref-task/task.json"):
+    with pytest.raises(bundled.BundleError, match=r"pref-task/task\.json"):
         bundled.verify()
 
 
@@ -223,7 +226,7 @@ def test_throughput_of_a_method_reports_flops_and_the_matmul_fraction():
 
     row = measure("bc", device="cpu", threads=1, seconds=0.3, rounds=1, warmup=1)
     assert row["metric"] == "updates_per_s" and row["updates_per_s"] > 0
-    assert row["flops_per_update"] > 0 and 0 < row["fraction_of_matmul"]
+    assert row["flops_per_update"] > 0 and row["fraction_of_matmul"] > 0
     if row["reference"] is not None:
         assert row["reference"]["library"] == "d3rlpy" and row["reference"]["updates_per_s"] > 0
 

@@ -17,17 +17,29 @@ import numpy as np
 
 from hybridrl.bench.suites import BUNDLED_PREF_TASK, GAME_METHODS, RunSpec
 
-PREFERENCE_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "dpo": ("dpo", {}),
-    "fdpo-js": ("fdpo", {"divergence": "js_divergence"}),
-    "fdpo-fkl": ("fdpo", {"divergence": "forward_kl"}),
-    "ipo": ("ipo", {}),
+PREFERENCE_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "dpo": ("dpo", {}, {}),
+    "fdpo-js": ("fdpo", {"divergence": "js_divergence"}, {}),
+    "fdpo-fkl": ("fdpo", {"divergence": "forward_kl"}, {}),
+    "ipo": ("ipo", {}, {}),
+    # DPO on the pairs relabelled by the intransitive judge the Nash methods are trained and judged with
+    "dpo-majority": ("dpo", {}, {"labels": "majority", "judge": "majority"}),
 }
-"""Bench name -> (``hybridrl pref train`` method, loss overrides)."""
+"""Bench name -> (``hybridrl pref train`` method, loss overrides, run settings)."""
 
-PREFERENCE_TRAINING = {"batch_size": 32, "learning_rate": 1e-4, "beta": 0.1}
-"""CPU-sized settings picked on the synthetic task (see benchmarks/configs/preference/winrate.yaml)."""
-PREFERENCE_EVAL = {"eval_prompts": 200, "samples_per_prompt": 2}
+PREFERENCE_TRAINING = {"batch_size": 32, "learning_rate": 1e-4, "beta": 0.1, "labels": "task"}
+"""CPU-sized settings picked on the synthetic task (see benchmarks/configs/preference/winrate.yaml).
+``labels``: ``task`` trains on the task's pairs as labelled; a judge name relabels them first (ties
+dropped), so that DPO learns the preferences the self-play methods are judged by."""
+PREFERENCE_EVAL = {"eval_prompts": 200, "samples_per_prompt": 2, "judge": "weighted"}
+
+SELFPLAY_RUN = {"samples_per_prompt": 4, "prompts_per_iteration": 512, "steps_per_iteration": 30,
+                "batch_size": 64, "learning_rate": 1e-4, "max_new_tokens": 12, "judge": "majority"}
+"""Self-play run settings sized for the tiny model (benchmarks/configs/preference/nash_selfplay.yaml)."""
+SELFPLAY_METHOD_SETTINGS = {"inpo": {"eta": 4.0, "tau": 0.0833}, "sppo": {"eta": 4.0},
+                            "nash_mp": {"eta": 5.0, "beta": 0.1}, "egpo": {"beta": 0.1}}
+"""The papers' step sizes target 7B models (targets of hundreds of nats); the tiny model's answers have
+log-probs of a few nats, so these were picked on seed 0 (see the benchmark config's comment)."""
 
 
 def _run_config(spec: RunSpec, device: str, threads: int | None):
@@ -104,7 +116,6 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
     from hybridrl.preference.data import load_preference_dataset, tokenize_pairs
     from hybridrl.preference.losses import resolve_method
     from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
-    from hybridrl.preference.task import evaluate_against, read_jsonl
     from hybridrl.preference.trainer import PairwiseTrainer, TrainConfig
 
     quiet_hf_libraries()
@@ -112,12 +123,15 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
         raise ValueError(f"unknown preference method {spec.method!r}: use {', '.join(PREFERENCE_RECIPES)}")
     if threads:
         torch.set_num_threads(threads)
-    settings = _typed_settings({**PREFERENCE_TRAINING, **PREFERENCE_EVAL}, spec.overrides)
-    name, loss_overrides = PREFERENCE_RECIPES[spec.method]
+    name, loss_overrides, recipe_settings = PREFERENCE_RECIPES[spec.method]
+    settings = _typed_settings({**PREFERENCE_TRAINING, **PREFERENCE_EVAL}, {**recipe_settings, **spec.overrides})
     loss_config = replace(resolve_method(name), **loss_overrides, beta=settings["beta"])
     task = _pref_task(spec.dataset)
     tokenizer = load_tokenizer(task / "sft_model")
-    pairs, _ = tokenize_pairs(load_preference_dataset(task / "pairs.jsonl"), tokenizer)
+    rows = load_preference_dataset(task / "pairs.jsonl")
+    if settings["labels"] != "task":
+        rows = _relabel([dict(r) for r in rows], settings["labels"])
+    pairs, _ = tokenize_pairs(rows, tokenizer)
     trainer = PairwiseTrainer(
         model=load_causal_lm(task / "sft_model"), tokenizer=tokenizer, pairs=pairs, loss_config=loss_config,
         train_config=TrainConfig(steps=spec.steps, batch_size=settings["batch_size"],
@@ -126,16 +140,72 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
                                  device=None if device == "auto" else device),
         out_dir=run_dir)
     last = trainer.train(resume=True)
-    prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings["eval_prompts"]]
-    result = evaluate_against(load_causal_lm(run_dir / "model"),
-                              load_causal_lm(task / "sft_model"), tokenizer, prompts, seed=10_000 + spec.seed,
-                              samples_per_prompt=settings["samples_per_prompt"])
-    p = result["win_rate"]
-    return {"metric": "win_rate_vs_sft", "score": p, "win_rate_ci": list(_interval(p, len(prompts))),
-            "num_comparisons": result["num_comparisons"],
-            **{k: result[k] for k in ("judge_score", "baseline_judge_score", "distinct_1", "distinct_2", "entropy")},
+    return {**_versus_sft(run_dir / "model", task, settings, spec.seed),
             "tokens_per_s": last.get("time/tokens_per_s"), "final_loss": last.get("loss"),
             "train_accuracy": last.get("rewards/accuracies")}
+
+
+def _relabel(rows: list[dict[str, Any]], judge_name: str) -> list[dict[str, Any]]:
+    """The pairs with chosen/rejected set by ``judge_name``; pairs it ties are dropped."""
+    from hybridrl.preference.oracles import judge_batch, resolve_judge
+
+    p = judge_batch(resolve_judge(judge_name), [r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                    [r["rejected"] for r in rows])
+    return [r if pref > 0.5 else {**r, "chosen": r["rejected"], "rejected": r["chosen"]}
+            for r, pref in zip(rows, p, strict=True) if pref != 0.5]
+
+
+def _versus_sft(model_dir: Path, task: Path, settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Win rate of a trained model over the task's SFT model on held-out prompts, and its diversity."""
+    from hybridrl.preference.models import load_causal_lm, load_tokenizer
+    from hybridrl.preference.oracles import resolve_judge
+    from hybridrl.preference.task import evaluate_against, read_jsonl
+
+    prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings["eval_prompts"]]
+    result = evaluate_against(load_causal_lm(model_dir), load_causal_lm(task / "sft_model"),
+                              load_tokenizer(task / "sft_model"), prompts, seed=10_000 + seed,
+                              judge=resolve_judge(settings["judge"]), samples_per_prompt=settings["samples_per_prompt"])
+    p = result["win_rate"]
+    return {"metric": "win_rate_vs_sft", "score": p, "win_rate_ci": list(_interval(p, len(prompts))),
+            "judge": settings["judge"], "num_comparisons": result["num_comparisons"],
+            **{k: result[k] for k in ("distinct_1", "distinct_2", "entropy")}}
+
+
+def run_selfplay_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
+    """Self-play Nash learning from the task's SFT model for ``spec.steps`` iterations, then its win rate."""
+    import torch
+
+    from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
+    from hybridrl.preference.oracles import resolve_judge
+    from hybridrl.preference.selfplay import (
+        SelfPlayConfig,
+        SelfPlayTrainer,
+        method_config,
+        resolve_selfplay_method,
+        unique_prompts,
+    )
+    from hybridrl.preference.task import read_jsonl
+
+    quiet_hf_libraries()
+    if threads:
+        torch.set_num_threads(threads)
+    method = resolve_selfplay_method(spec.method)
+    method_keys = {k: v for k, v in spec.overrides.items() if k not in SELFPLAY_RUN and k not in PREFERENCE_EVAL}
+    settings = _typed_settings({**SELFPLAY_RUN, **PREFERENCE_EVAL},
+                               {k: v for k, v in spec.overrides.items() if k not in method_keys})
+    settings["judge"] = spec.overrides.get("judge", SELFPLAY_RUN["judge"])
+    task = _pref_task(spec.dataset)
+    run_settings = {k: settings[k] for k in SELFPLAY_RUN if k != "judge"}
+    trainer = SelfPlayTrainer(
+        spec=method, method_config=method_config(method, {**SELFPLAY_METHOD_SETTINGS.get(spec.method, {}),
+                                                          **method_keys}),
+        config=SelfPlayConfig(iterations=spec.steps, seed=spec.seed, progress=False,
+                              device=None if device == "auto" else device, **run_settings),
+        model=load_causal_lm(task / "sft_model"), ref_model=load_causal_lm(task / "sft_model"),
+        tokenizer=load_tokenizer(task / "sft_model"), prompts=unique_prompts(read_jsonl(task / "pairs.jsonl")),
+        judge=resolve_judge(settings["judge"]), out_dir=run_dir)
+    trainer.run()
+    return {**_versus_sft(run_dir / "model", task, settings, spec.seed), "judge_calls": trainer.judge_calls}
 
 
 def _interval(p: float, prompts: int) -> tuple[float, float]:
@@ -144,62 +214,40 @@ def _interval(p: float, prompts: int) -> tuple[float, float]:
     return max(0.0, p - half), min(1.0, p + half)
 
 
-JUDGES = {"weighted": "WeightedJudge", "majority": "MajorityJudge"}
-"""Judge names of the win-rate matrix -> classes of ``preference.task`` (majority is intransitive)."""
-
-
 def run_winrate_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
     """Pairwise win rates of the models of other runs of the grid and the SFT model, on held-out prompts."""
+    import json
+
     import torch
 
-    from hybridrl.bench.runner import read_scores
-    from hybridrl.preference import task as task_module
+    from hybridrl.bench.runner import SPEC, read_scores
     from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
+    from hybridrl.preference.oracles import resolve_judge
+    from hybridrl.preference.task import read_jsonl
+    from hybridrl.preference.winrate import winrate_matrix
 
     quiet_hf_libraries()
     if threads:
         torch.set_num_threads(threads)
-    settings = _typed_settings(PREFERENCE_EVAL, spec.overrides, other_keys=("players", "judge"))
-    if settings.get("judge", "weighted") not in JUDGES:
-        raise ValueError(f"unknown judge {settings['judge']!r}: use {', '.join(JUDGES)}")
-    judge = getattr(task_module, JUDGES[settings.get("judge", "weighted")])()
+    settings = _typed_settings(PREFERENCE_EVAL, spec.overrides, other_keys=("players",))
     task = _pref_task(spec.dataset)
     grid_dir = run_dir.parent
     unfinished = [r for r in settings["players"] if read_scores(grid_dir / r) is None]
     if unfinished:
         raise RuntimeError(f"the matrix needs runs that have not finished: {', '.join(unfinished)}; "
                            "rerun the grid to finish them")
-    names = [json_method(grid_dir / r) for r in settings["players"]] + ["sft"]
-    model_dirs = [grid_dir / r / "model" for r in settings["players"]] + [task / "sft_model"]
-    tokenizer = load_tokenizer(task / "sft_model")
-    prompts = [row["prompt"] for row in task_module.read_jsonl(task / "test_prompts.jsonl")]
-    prompts = prompts[: settings["eval_prompts"]]
-    repeated = [p for p in prompts for _ in range(settings["samples_per_prompt"])]
-    # every model answers the same prompts once, with its own seed; all pairs are judged on those answers
-    answers = [task_module.sample_responses(load_causal_lm(d), tokenizer, repeated, seed=20_000 + spec.seed + i)[0]
-               for i, d in enumerate(model_dirs)]
-    n = len(names)
-    win = np.full((n, n), 0.5)
-    low, high = np.full((n, n), 0.5), np.full((n, n), 0.5)
-    for i in range(n):
-        for j in range(i + 1, n):
-            p = task_module.win_rate(judge, repeated, answers[i], answers[j])
-            lo, hi = _interval(p, len(prompts))
-            win[i, j], win[j, i] = p, 1 - p
-            low[i, j], high[i, j], low[j, i], high[j, i] = lo, hi, 1 - hi, 1 - lo
-    counts = np.full((n, n), len(repeated)) - np.eye(n, dtype=int) * len(repeated)
-    mean_vs_others = (win.sum(1) - 0.5) / (n - 1)
+    models = {json.loads((grid_dir / r / SPEC).read_text())["method"]: load_causal_lm(grid_dir / r / "model")
+              for r in settings["players"]}
+    models["sft"] = load_causal_lm(task / "sft_model")
+    prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings["eval_prompts"]]
+    matrix = winrate_matrix(models, load_tokenizer(task / "sft_model"), prompts, resolve_judge(settings["judge"]),
+                            judge_name=settings["judge"], seed=20_000 + spec.seed,
+                            samples_per_prompt=settings["samples_per_prompt"])
+    win = np.asarray(matrix["win_rate"])
+    mean_vs_others = (win.sum(1) - 0.5) / (len(win) - 1)
     return {"metric": "mean_win_rate", "score": float(mean_vs_others[0]),
-            "mean_win_rate": dict(zip(names, mean_vs_others.tolist(), strict=True)),
-            "win_rate_matrix": {"players": names, "win_rate": win.tolist(), "ci_low": low.tolist(),
-                                "ci_high": high.tolist(), "num_comparisons": counts.tolist(),
-                                "judge": settings.get("judge", "weighted"), "seed": spec.seed}}
-
-
-def json_method(run_dir: Path) -> str:
-    import json
-
-    return json.loads((run_dir / "spec.json").read_text())["method"]
+            "mean_win_rate": dict(zip(matrix["players"], mean_vs_others.tolist(), strict=True)),
+            "win_rate_matrix": matrix}
 
 
 def parse_game_label(label: str) -> dict[str, Any]:
@@ -247,4 +295,5 @@ EXECUTORS: dict[str, Callable[[RunSpec, Path, str, int | None], dict[str, Any]]]
     "games": run_games_spec,
     "throughput": run_throughput_spec,
     "winrate": run_winrate_spec,
+    "selfplay": run_selfplay_spec,
 }

@@ -808,7 +808,7 @@ def _group_scores(runs: Sequence[RunRecord]) -> list[list[Any]]:
 def _preference_section(runs: Sequence[RunRecord], figs: _Figures | None,
                         csvs: dict[str, str]) -> str:
     text = "## Preference\n\n"
-    rows = _group_scores([run for run in runs if run.spec["kind"] == "preference"])
+    rows = _group_scores([run for run in runs if run.spec["kind"] in ("preference", "selfplay")])
     if rows:
         text += _md_table(["method", "task", "metric", "mean ± std", "n"], rows)
     long_rows = []
@@ -991,8 +991,9 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     sections.append(_aggregate_markdown(aggregates, image))
     if not aggregates.skipped:
         csvs.update(_aggregate_csvs(aggregates))
-    if of_kind("preference") or of_kind("winrate"):
-        sections.append(_preference_section(of_kind("preference") + of_kind("winrate"), figs, csvs))
+    language_model_runs = of_kind("preference") + of_kind("selfplay") + of_kind("winrate")
+    if language_model_runs:
+        sections.append(_preference_section(language_model_runs, figs, csvs))
     if of_kind("games"):
         sections.append(_games_section(of_kind("games"), figs, csvs))
     if of_kind("throughput"):

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-KINDS = ("offline", "online", "preference", "games", "throughput", "winrate")
+KINDS = ("offline", "online", "preference", "selfplay", "games", "throughput", "winrate")
 LATE_KINDS = ("winrate",)
 """Kinds that read other runs of the grid (their models), so they run after all the others."""
 
@@ -30,6 +30,8 @@ QUICK_DATASET = "hybridrl/hopper/medium-quick-v0"
 FACTORY_TASKS = ("hopper", "halfcheetah", "walker2d")
 D4RL_QUALITIES = ("medium", "medium-replay", "expert", "medium-expert")
 PREFERENCE_METHODS = ("dpo", "fdpo-js", "fdpo-fkl", "ipo")
+"""Pairwise methods on the task's own labels (``dpo-majority`` also exists: DPO on relabelled pairs)."""
+SELFPLAY_METHODS = ("inpo", "sppo", "nash_mp", "egpo")
 GAME_METHODS = ("nash_mp", "egpo", "nash_md", "inpo", "online_ipo", "sppo")
 
 
@@ -38,14 +40,15 @@ class RunSpec:
     """One run of a grid; its ``run_id`` names its directory."""
 
     kind: str
-    """offline, online, preference, games, throughput or winrate (a matrix over other runs' models)."""
+    """offline, online, preference (pairwise), selfplay, games, throughput or winrate (a matrix over
+    other runs' models)."""
     method: str
     """Registry name (bc, cql, sac), preference method (dpo, fdpo-js, ipo...) or games method set."""
     dataset: str
     """Minari id (offline), task (online), preference task (dir or bundled:...), game label, or device."""
     seed: int = 0
     steps: int = 1_000_000
-    """Gradient updates (offline, preference), environment steps (online), iterations (games)."""
+    """Gradient updates (offline, preference), environment steps (online), iterations (selfplay, games)."""
     eval_every: int = 0
     """Steps between evaluations for learning curves (0: only at the end)."""
     eval_episodes: int = 10
@@ -77,11 +80,22 @@ def grid(kind: str, methods: Iterable[str], datasets: Iterable[str], seeds: Iter
             for m, d, s in itertools.product(methods, datasets, seeds)]
 
 
-def win_rate_matrix(players: Sequence[RunSpec], judge: str = "weighted") -> RunSpec:
+def win_rate_matrix(players: Sequence[RunSpec], judge: str = "weighted", **settings: Any) -> RunSpec:
     """A run that plays the models of ``players`` (and the SFT model) against each other."""
     task = players[0].dataset
-    return RunSpec("winrate", "matrix", task, seed=players[0].seed, steps=0,
-                   overrides={"players": [p.run_id for p in players], "judge": judge})
+    return RunSpec("winrate", f"matrix-{judge}", task, seed=players[0].seed, steps=0,
+                   overrides={"players": [p.run_id for p in players], "judge": judge, **settings})
+
+
+def nash_versus_dpo(seeds: Sequence[int], iterations: int) -> list[RunSpec]:
+    """Self-play methods and DPO (on pairs relabelled by the same intransitive judge), same optimizer
+    steps, and their win-rate matrix under that judge, per seed."""
+    runs = [*grid("selfplay", SELFPLAY_METHODS, [BUNDLED_PREF_TASK], seeds, steps=iterations),
+            # DPO with the same number of optimizer steps and pairs per step as a self-play run
+            *grid("preference", ["dpo-majority"], [BUNDLED_PREF_TASK], seeds, steps=iterations * 30,
+                  overrides={"batch_size": 64})]
+    return [*runs, *(win_rate_matrix([r for r in runs if r.seed == seed], "majority", eval_prompts=400,
+                                     samples_per_prompt=4) for seed in seeds)]
 
 
 def _quick() -> list[RunSpec]:
@@ -96,6 +110,7 @@ def _quick() -> list[RunSpec]:
         *grid("games", ["nash"], ["games-n10-beta0.1"], [0], steps=1000),
         *grid("games", ["nash"], ["games-n10-beta0.1-samples100"], [0], steps=1000),
         win_rate_matrix([p for p in preference if p.seed == 0]),
+        *nash_versus_dpo([0], iterations=10),
     ]
 
 
@@ -110,7 +125,8 @@ def _online() -> list[RunSpec]:
 
 def _preference() -> list[RunSpec]:
     runs = grid("preference", PREFERENCE_METHODS, [BUNDLED_PREF_TASK], [0, 1, 2], steps=300)
-    return [*runs, *(win_rate_matrix([r for r in runs if r.seed == seed]) for seed in (0, 1, 2))]
+    return [*runs, *(win_rate_matrix([r for r in runs if r.seed == seed]) for seed in (0, 1, 2)),
+            *nash_versus_dpo([0, 1, 2], iterations=10)]
 
 
 def _nash_games() -> list[RunSpec]:
@@ -142,8 +158,10 @@ def suite(name: str) -> list[RunSpec]:
 def _kind_of(method: str) -> str:
     from hybridrl import registry
 
-    if method in PREFERENCE_METHODS:
+    if method in (*PREFERENCE_METHODS, "dpo-majority"):
         return "preference"
+    if method in SELFPLAY_METHODS:
+        return "selfplay"
     if method == "nash":
         return "games"
     spec = registry.get(method)  # raises with the list of methods
