@@ -155,7 +155,7 @@ def run_hybridrl(model_dir: str, data: str, cfg: dict, out_dir: str, reference: 
 
 def run_trl(model_dir: str, data: str, cfg: dict, out_dir: str, tuned: bool) -> dict:
     import torch
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from hybridrl.preference.data import load_preference_dataset
@@ -214,6 +214,7 @@ def run_trl(model_dir: str, data: str, cfg: dict, out_dir: str, tuned: bool) -> 
         processing_class=load_tokenizer(model_dir),
         callbacks=[clock, Tokens(), Losses()],
     )
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log line; ours print a summary
     trainer.train()
     total_s = time.perf_counter() - setup_start  # TRL tokenizes and precomputes in __init__
     warm = cfg["timing_warmup_steps"]
