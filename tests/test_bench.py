@@ -79,6 +79,7 @@ def test_grid_runs_once_then_skips_finished_runs(store, tmp_path):
         assert env["device"] == "cpu" and "torch" in env["packages"]
         scores = read_scores(run_dir)
         assert scores["kind"] == spec.kind and scores["seed"] == spec.seed
+        assert (run_dir / "config.json").exists()  # the resolved config beside the scores
     bc = read_scores(tmp_path / grid[0].run_id)
     assert bc["metric"] == "normalized_score" and bc["score"] == bc["normalized_score"]
     games = read_scores(tmp_path / grid[-1].run_id)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hybridrl.bench.suites import BUNDLED_PREF_TASK, GAME_METHODS, RunSpec
+from hybridrl.core.checkpoint import atomic_write_json
 
 PREFERENCE_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "dpo": ("dpo", {}, {}),
@@ -230,6 +231,7 @@ def run_winrate_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | N
     if threads:
         torch.set_num_threads(threads)
     settings = _typed_settings(PREFERENCE_EVAL, spec.overrides, other_keys=("players",))
+    atomic_write_json(run_dir / "config.json", {**settings, "task": spec.dataset, "seed": spec.seed})
     task = _pref_task(spec.dataset)
     grid_dir = run_dir.parent
     unfinished = [r for r in settings["players"] if read_scores(grid_dir / r) is None]
@@ -263,15 +265,18 @@ def run_games_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | Non
     """Duality gap per iteration of every Nash method on random intransitive games."""
     import torch
 
-    from hybridrl.preference.games import gap_curves
+    from hybridrl.preference.games import default_lr, gap_curves
 
     if threads:
         torch.set_num_threads(threads)
     game = parse_game_label(spec.dataset)
     methods = list(spec.overrides.get("methods", GAME_METHODS))
+    num_games = int(spec.overrides.get("games", 10))
+    atomic_write_json(run_dir / "config.json", {
+        **game, "methods": methods, "games": num_games, "iterations": spec.steps, "seed": spec.seed,
+        "lr": {m: default_lr(m, game["beta"], game["n"]) for m in methods}})
     curves = gap_curves(methods, n=game["n"], beta=game["beta"], iterations=spec.steps, samples=game["samples"],
-                        seed=spec.seed, num_games=int(spec.overrides.get("games", 10)),
-                        device="cpu" if device == "auto" else device)
+                        seed=spec.seed, num_games=num_games, device="cpu" if device == "auto" else device)
     points = np.unique(np.concatenate([[0], np.geomspace(1, spec.steps, 80).round().astype(int)]))
     summary = {m: {"iterations": points.tolist(), "median": np.median(c[points], 1).tolist(),
                    "q25": np.quantile(c[points], 0.25, 1).tolist(), "q75": np.quantile(c[points], 0.75, 1).tolist()}
