@@ -801,8 +801,13 @@ def _group_scores(runs: Sequence[RunRecord]) -> list[list[Any]]:
         value = _finite(run.scores["score"])
         if value is not None:
             groups[run.spec["method"], run.spec["dataset"], str(run.scores["metric"])].append(value)
-    return [[m, d, metric, f"{_fmt(float(np.mean(v)), 3)} ± {_fmt(float(np.std(v)), 3)}", len(v)]
-            for (m, d, metric), v in sorted(groups.items())]
+    return [[m, d, metric, _mean_std(v), len(v)] for (m, d, metric), v in sorted(groups.items())]
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    """Three decimals, or three significant digits when the mean is below 0.01 (duality gaps)."""
+    mean, std = float(np.mean(values)), float(np.std(values))
+    return f"{mean:.3g} ± {std:.2g}" if 0 < abs(mean) < 0.01 else f"{_fmt(mean, 3)} ± {_fmt(std, 3)}"
 
 
 def _preference_section(runs: Sequence[RunRecord], figs: _Figures | None,
@@ -923,6 +928,10 @@ class Report:
             text = _text_table(["method", "dataset", "metric", "mean ± std", "seeds"], rows)
         else:
             text = "No offline or online run finished.\n"
+        # preference, self-play, games and throughput runs: their headline score per method
+        others = _group_scores([r for r in self.finished if r.spec["kind"] not in (*RL_KINDS, "winrate")])
+        if others:
+            text += "\n" + _text_table(["method", "dataset", "metric", "mean ± std", "n"], others)
         text += (f"{len(self.finished)} finished, {len(self.partial)} partial, {len(self.corrupted)} corrupted;"
                  f" report: {self.report_md}\n")
         return text
