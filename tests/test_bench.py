@@ -56,7 +56,7 @@ def test_select_filters_and_rebudgets():
 def test_unknown_suite_method_and_kind_are_clear_errors():
     with pytest.raises(ValueError, match="unknown suite 'd4rl-everything'"):
         suites.suite("d4rl-everything")
-    with pytest.raises(KeyError, match="unknown"):
+    with pytest.raises(ValueError, match="unknown method 'not-a-method': use one of bc, cql, sac, dpo"):
         suites.custom(["not-a-method"], ["x"], [0], steps=10)
     with pytest.raises(ValueError, match="unknown run kind"):
         RunSpec("training", "bc", "x")

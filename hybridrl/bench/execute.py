@@ -283,8 +283,8 @@ def run_games_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | Non
                for m, c in curves.items()}
     final = {m: float(np.median(c[-1])) for m, c in curves.items()}
     reduction = {m: float(np.median(c[0] / np.maximum(c[-1], 1e-300))) for m, c in curves.items()}
-    return {"metric": "final_gap_nash_mp", "score": final.get("nash_mp"), "final_gap": final, "gap_reduction": reduction,
-            "gap_curves": summary, **game}
+    return {"metric": "final_gap_nash_mp", "score": final.get("nash_mp"), "final_gap": final,
+            "gap_reduction": reduction, "gap_curves": summary, **game}
 
 
 def run_throughput_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:

@@ -164,7 +164,11 @@ def _kind_of(method: str) -> str:
         return "selfplay"
     if method == "nash":
         return "games"
-    spec = registry.get(method)  # raises with the list of methods
+    algorithms = registry.load_all()
+    if method not in algorithms:
+        known = [*algorithms, *PREFERENCE_METHODS, "dpo-majority", *SELFPLAY_METHODS, "nash"]
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(known)}")
+    spec = algorithms[method]
     if spec.family not in ("offline", "online"):
         raise ValueError(f"{method} is a {spec.family} method, which the runner cannot grid yet")
     return spec.family
