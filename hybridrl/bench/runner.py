@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridrl.bench.suites import LATE_KINDS, RunSpec
-from hybridrl.core.checkpoint import atomic_write_json
+from hybridrl.core.checkpoint import atomic_write_json, atomic_write_text
 
 SPEC = "spec.json"
 SCORES = "scores.json"
@@ -104,7 +104,7 @@ def execute(spec_dict: dict[str, Any], run_dir: str, device: str, threads: int |
             result = EXECUTORS[spec.kind](spec, path, device, threads)
         except Exception as err:  # reported per run; the grid goes on with the others
             message = f"{type(err).__name__}: {err}"
-            (path / ERROR).write_text(message + "\n")
+            atomic_write_text(path / ERROR, message + "\n")
             return {"run_id": spec.run_id, "status": "failed", "error": message}
         scores = {"kind": spec.kind, "method": spec.method, "dataset": spec.dataset, "seed": spec.seed,
                   "steps": spec.steps, **result, "wall_s": time.perf_counter() - start}
