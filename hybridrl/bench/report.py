@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ import numpy as np
 
 from hybridrl.bench.runner import ENVIRONMENT, SCORES, SPEC
 from hybridrl.bench.suites import KINDS
-from hybridrl.core.checkpoint import atomic_write_text
+from hybridrl.core.checkpoint import atomic_write, atomic_write_text
 from hybridrl.runners import METRICS
 
 # Files that only a run directory has: a directory with none of them (e.g. report/) is not a run.
@@ -655,14 +654,8 @@ class _Figures:
         with self.plt.rc_context({"svg.hashsalt": "hybridrl-report"}):
             for suffix, metadata in ((".png", {"Software": None}), (".svg", {"Date": None})):
                 final = self.dir / f"{name}{suffix}"
-                fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=self.dir)
-                os.close(fd)
-                try:
-                    fig.savefig(tmp, format=suffix[1:], dpi=110, metadata=metadata)
-                    os.replace(tmp, final)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                atomic_write(final, lambda f, fmt=suffix[1:], meta=metadata: fig.savefig(f, format=fmt, dpi=110,
+                                                                                         metadata=meta))
                 self.written.append(final)
         self.plt.close(fig)
         return f"plots/{name}"
