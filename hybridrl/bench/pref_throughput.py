@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -235,6 +236,9 @@ def run_trl(model_dir: str, data: str, cfg: dict, out_dir: str, tuned: bool) -> 
 
 
 def _worker(variant: str, model_dir: str, data: str, cfg: dict, out_dir: str, queue: mp.Queue) -> None:
+    # the summary is printed by the parent: no progress bars (TRL's reference precompute) or deprecation notes
+    os.environ["TQDM_DISABLE"] = "1"
+    warnings.filterwarnings("ignore", category=FutureWarning)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
