@@ -116,3 +116,13 @@ def test_a_run_that_never_reaches_medium_says_so(tmp_path, monkeypatch):
     config = FactoryConfig(**{**TINY, "medium_fraction": 10.0, "sac_steps": 400, "eval_every": 200})
     with pytest.raises(BehaviourPolicyError, match="never reached the medium threshold"):
         make_dataset("hopper", "medium", config=config, device="cpu", progress=False)
+
+
+def test_a_dataset_can_be_written_under_another_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    with pytest.raises(ValueError, match="invalid dataset id 'hopper medium'"):
+        make_dataset("hopper", "random", config=FactoryConfig(transitions=50, preset="test"), out_id="hopper medium")
+    written = make_dataset("hopper", "random", config=FactoryConfig(transitions=50, preset="test"),
+                           out_id="hybridrl/hopper/random-tiny-v0")
+    assert written == "hybridrl/hopper/random-tiny-v0"
+    assert datasets.load(written).metadata["hybridrl_recipe"] == "random"
