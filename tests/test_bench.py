@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 from _support import TINY_DATASET
 
-from hybridrl.bench import bundled, suites
+from hybridrl.bench import bundled, execute, suites
 from hybridrl.bench.runner import GridError, read_scores, run_grid
 from hybridrl.bench.suites import RunSpec
 
@@ -172,6 +172,9 @@ def test_preference_and_selfplay_runs_and_their_win_rate_matrix(tmp_path):
         low, high = scores["win_rate_ci"]
         assert 0 <= low <= scores["score"] <= high <= 1 and scores["judge"] == "majority"
     assert read_scores(tmp_path / runs[1].run_id)["judge_calls"] > 0
+    # evaluation settings never leak into training: self-play samples its own K answers per prompt
+    run = json.loads((tmp_path / runs[1].run_id / "config.json").read_text())["run"]
+    assert run["samples_per_prompt"] == execute.SELFPLAY_RUN["samples_per_prompt"] and run["batch_size"] == 8
     table = read_scores(tmp_path / matrix.run_id)["win_rate_matrix"]
     assert table["players"] == ["dpo-majority", "inpo", "sft"] and table["judge"] == "majority"
     win = table["win_rate"]

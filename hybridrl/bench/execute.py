@@ -32,7 +32,8 @@ PREFERENCE_TRAINING = {"batch_size": 32, "learning_rate": 1e-4, "beta": 0.1, "la
 """CPU-sized settings picked on the synthetic task (see benchmarks/configs/preference/winrate.yaml).
 ``labels``: ``task`` trains on the task's pairs as labelled; a judge name relabels them first (ties
 dropped), so that DPO learns the preferences the self-play methods are judged by."""
-PREFERENCE_EVAL = {"eval_prompts": 200, "samples_per_prompt": 2, "judge": "weighted"}
+PREFERENCE_EVAL = {"eval_prompts": 200, "eval_samples": 2, "judge": "weighted"}
+"""Held-out prompts, answers per prompt and judge of the win rates against SFT (and of the matrices)."""
 
 SELFPLAY_RUN = {"samples_per_prompt": 4, "prompts_per_iteration": 512, "steps_per_iteration": 30,
                 "batch_size": 64, "learning_rate": 1e-4, "max_new_tokens": 12, "judge": "majority"}
@@ -165,7 +166,7 @@ def _versus_sft(model_dir: Path, task: Path, settings: dict[str, Any], seed: int
     prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings["eval_prompts"]]
     result = evaluate_against(load_causal_lm(model_dir), load_causal_lm(task / "sft_model"),
                               load_tokenizer(task / "sft_model"), prompts, seed=10_000 + seed,
-                              judge=resolve_judge(settings["judge"]), samples_per_prompt=settings["samples_per_prompt"])
+                              judge=resolve_judge(settings["judge"]), samples_per_prompt=settings["eval_samples"])
     p = result["win_rate"]
     return {"metric": "win_rate_vs_sft", "score": p, "win_rate_ci": list(_interval(p, len(prompts))),
             "judge": settings["judge"], "num_comparisons": result["num_comparisons"],
@@ -191,10 +192,10 @@ def run_selfplay_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | 
     if threads:
         torch.set_num_threads(threads)
     method = resolve_selfplay_method(spec.method)
-    method_keys = {k: v for k, v in spec.overrides.items() if k not in SELFPLAY_RUN and k not in PREFERENCE_EVAL}
-    settings = _typed_settings({**SELFPLAY_RUN, **PREFERENCE_EVAL},
-                               {k: v for k, v in spec.overrides.items() if k not in method_keys})
-    settings["judge"] = spec.overrides.get("judge", SELFPLAY_RUN["judge"])
+    # run settings and evaluation settings; any other override is a hyperparameter of the method
+    defaults = {**PREFERENCE_EVAL, **SELFPLAY_RUN}
+    method_keys = {k: v for k, v in spec.overrides.items() if k not in defaults}
+    settings = _typed_settings(defaults, {k: v for k, v in spec.overrides.items() if k in defaults})
     task = _pref_task(spec.dataset)
     run_settings = {k: settings[k] for k in SELFPLAY_RUN if k != "judge"}
     trainer = SelfPlayTrainer(
@@ -244,7 +245,7 @@ def run_winrate_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | N
     prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings["eval_prompts"]]
     matrix = winrate_matrix(models, load_tokenizer(task / "sft_model"), prompts, resolve_judge(settings["judge"]),
                             judge_name=settings["judge"], seed=20_000 + spec.seed,
-                            samples_per_prompt=settings["samples_per_prompt"])
+                            samples_per_prompt=settings["eval_samples"])
     win = np.asarray(matrix["win_rate"])
     mean_vs_others = (win.sum(1) - 0.5) / (len(win) - 1)
     return {"metric": "mean_win_rate", "score": float(mean_vs_others[0]),

@@ -95,7 +95,7 @@ def nash_versus_dpo(seeds: Sequence[int], iterations: int) -> list[RunSpec]:
             *grid("preference", ["dpo-majority"], [BUNDLED_PREF_TASK], seeds, steps=iterations * 30,
                   overrides={"batch_size": 64})]
     return [*runs, *(win_rate_matrix([r for r in runs if r.seed == seed], "majority", eval_prompts=400,
-                                     samples_per_prompt=4) for seed in seeds)]
+                                     eval_samples=4) for seed in seeds)]
 
 
 def _quick() -> list[RunSpec]:
