@@ -240,3 +240,14 @@ def test_report_command_on_a_missing_directory_is_one_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not a directory" in proc.stderr
+
+
+def test_preference_runs_without_the_lm_extra_say_how_to_install_it(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    spec = RunSpec("preference", "dpo", suites.BUNDLED_PREF_TASK, steps=1)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'hybridrl\[lm\]'"):
+        execute.run_preference_spec(spec, tmp_path, "cpu", 1)

@@ -96,6 +96,16 @@ def _typed_settings(defaults: dict[str, Any], overrides: dict[str, Any], *,
     return settings
 
 
+def _require_lm() -> None:
+    """Preference runs need the language-model extra: say so in one line, before any import fails."""
+    import importlib.util
+
+    missing = [name for name in ("transformers", "accelerate", "datasets") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(f"preference runs need {', '.join(missing)}: pip install 'hybridrl[lm]' "
+                                  "(or leave them out with --methods)")
+
+
 def _pref_task(dataset: str) -> Path:
     from hybridrl.bench import bundled
 
@@ -111,6 +121,7 @@ def _pref_task(dataset: str) -> Path:
 
 def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
     """Pairwise training from the task's SFT model, then win rate against it on held-out prompts."""
+    _require_lm()
     from dataclasses import replace
 
     import torch
@@ -175,6 +186,7 @@ def _versus_sft(model_dir: Path, task: Path, settings: dict[str, Any], seed: int
 
 def run_selfplay_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
     """Self-play Nash learning from the task's SFT model for ``spec.steps`` iterations, then its win rate."""
+    _require_lm()
     import torch
 
     from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
@@ -218,6 +230,7 @@ def _interval(p: float, prompts: int) -> tuple[float, float]:
 
 def run_winrate_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
     """Pairwise win rates of the models of other runs of the grid and the SFT model, on held-out prompts."""
+    _require_lm()
     import json
 
     import torch
