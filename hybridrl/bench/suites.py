@@ -91,7 +91,8 @@ def nash_versus_dpo(seeds: Sequence[int], iterations: int) -> list[RunSpec]:
     """Self-play methods and DPO (on pairs relabelled by the same intransitive judge), same optimizer
     steps, and their win-rate matrix under that judge, per seed."""
     runs = [*grid("selfplay", SELFPLAY_METHODS, [BUNDLED_PREF_TASK], seeds, steps=iterations),
-            # DPO with the same number of optimizer steps and pairs per step as a self-play run
+            # DPO with as many optimizer steps of 64 pairs as a self-play run (execute.SELFPLAY_RUN:
+            # 30 steps of 64 pairs per iteration)
             *grid("preference", ["dpo-majority"], [BUNDLED_PREF_TASK], seeds, steps=iterations * 30,
                   overrides={"batch_size": 64})]
     return [*runs, *(win_rate_matrix([r for r in runs if r.seed == seed], "majority", eval_prompts=400,
