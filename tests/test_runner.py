@@ -114,3 +114,18 @@ def test_finished_run_is_not_rerun_and_other_runs_are_refused(tmp_path):
     assert again.steps == 0
     with pytest.raises(RunDirectoryError, match="holds a different run"):
         train_offline(again, tiny_buffer(), run, tmp_path, batch_size=4, config={"a": 2})
+
+
+def test_metrics_logger_truncates_after_the_checkpoint_and_skips_a_torn_line(tmp_path):
+    from hybridrl.core.logging import MetricsLogger, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    with MetricsLogger(path, step_key="iteration") as logger:
+        for i in range(3):
+            logger.log(i, {"loss": float(i)})
+    with path.open("a") as f:
+        f.write('{"iteration": 3, "lo')  # killed mid-write
+    with MetricsLogger(path, truncate_after=1, step_key="iteration") as logger:
+        logger.log(2, {"loss": 20.0})
+    assert read_metrics(path) == [{"iteration": 0, "loss": 0.0}, {"iteration": 1, "loss": 1.0},
+                                  {"iteration": 2, "loss": 20.0}]

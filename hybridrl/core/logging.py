@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hybridrl.core.checkpoint import atomic_write_text
+
 
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
@@ -18,10 +20,11 @@ def _plain(value: Any) -> Any:
 
 
 class MetricsLogger:
-    """Appends ``{"step": ..., **metrics}`` lines to ``path``.
+    """Appends ``{step_key: ..., **metrics}`` lines to ``path`` (``step_key`` is "step" unless a loop
+    counts something else, e.g. self-play's iterations).
 
-    On resume, ``truncate_after`` drops the lines written after the checkpoint's step, so a run that
-    was killed and resumed has exactly the lines of an uninterrupted one.
+    On resume, ``truncate_after`` drops the lines written after the checkpoint's step (and any line
+    torn by a kill), so a run that was killed and resumed has exactly the lines of an uninterrupted one.
     """
 
     def __init__(
@@ -30,18 +33,20 @@ class MetricsLogger:
         *,
         tensorboard_dir: str | os.PathLike | None = None,
         truncate_after: int | None = None,
+        step_key: str = "step",
     ) -> None:
         self.path = Path(path)
+        self.step_key = step_key
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after is not None and self.path.exists():
             kept = []
             for line in self.path.read_text().splitlines():
                 try:
-                    if json.loads(line)["step"] <= truncate_after:
+                    if json.loads(line)[step_key] <= truncate_after:
                         kept.append(line)
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line torn by a kill
-            self.path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard_dir is not None:
@@ -52,12 +57,12 @@ class MetricsLogger:
             self._tb = SummaryWriter(str(tensorboard_dir))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        row = {self.step_key: int(step), **{k: _plain(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._tb is not None:
             for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key != self.step_key and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkpoint
+from hybridrl.core.logging import MetricsLogger
 from hybridrl.core.seeding import resolve_device
 from hybridrl.preference.data import PairBatch, TokenizedPairs
 from hybridrl.preference.logprobs import _accepts_logits_to_keep, collate, pair_logps, sequence_logps
@@ -630,13 +631,9 @@ class SelfPlayTrainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._check_run_dir()
         self.load_checkpoint()
-        metrics_path = self.out_dir / "metrics.jsonl"
-        kept = [
-            line
-            for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-            if line.strip() and json.loads(line)["iteration"] < self.iteration
-        ]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+        # one line per finished iteration: drop those after the checkpoint (and a line torn by a kill)
+        logger = MetricsLogger(self.out_dir / "metrics.jsonl", truncate_after=self.iteration - 1,
+                               step_key="iteration")
         from tqdm.auto import tqdm
 
         last: dict[str, float] = {}
@@ -654,12 +651,12 @@ class SelfPlayTrainer:
                 last["time/s"] = time.perf_counter() - began
                 self.iteration += 1
                 self.save_checkpoint()
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps({"iteration": self.iteration - 1, **last}) + "\n")
+                logger.log(self.iteration - 1, last)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss/last']:.4g}", kl=f"{last['samples/kl_to_ref']:.3g}")
         finally:
             bar.close()
+            logger.close()
         self.model.save_pretrained(self.out_dir / "model")
         self.tokenizer.save_pretrained(self.out_dir / "model")
         return last
