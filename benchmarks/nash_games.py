@@ -23,7 +23,6 @@ Also runs the MLP-policy versions (``games_neural``, exact preferences). Writes 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import subprocess
 import time
@@ -36,6 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from hybridrl.core.checkpoint import atomic_write_json
 from hybridrl.core.seeding import resolve_device
 from hybridrl.preference.games import (
     GAP_FLOOR,
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
             entry.pop("_gaps")
         report["neural"] = neural
     report["wall_time_s"] = time.perf_counter() - start
-    (args.out / "results.json").write_text(json.dumps(report, indent=1))
+    atomic_write_json(args.out / "results.json", report)
 
     # One summary table on stdout.
     print(f"device={device} seeds={args.seeds} games/seed={args.games} n={args.n} beta={args.beta}")

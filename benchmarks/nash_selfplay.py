@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from hybridrl.core.checkpoint import atomic_write_text
+
 CONFIG = Path(__file__).parent / "configs" / "preference" / "nash_selfplay.yaml"
 RESULTS = Path(__file__).parent / "results"
 DISPLAY = {"sft": "SFT", "dpo": "DPO", "inpo": "INPO", "sppo": "SPPO", "nash_mp": "Nash-MP", "egpo": "EGPO"}
@@ -175,7 +177,8 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
     ).stdout.strip()
     side = cli.out.with_name("nash_selfplay_runs.json")
-    side.write_text(
+    atomic_write_text(
+        side,
         json.dumps(
             {
                 "config": cfg,

@@ -8,12 +8,12 @@ SAC given N environment steps in the same task. Prints one table and writes JSON
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from hybridrl.control.datasets import load
+from hybridrl.core.checkpoint import atomic_write_json
 from hybridrl.core.config import RunConfig
 from hybridrl.runners import run_offline, run_online
 
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'sac (online)':<22} {f'{online_steps} env steps':>22} {sac['mean']:>9.1f} ± {sac['std']:.1f}")
     result = {"dataset": args.dataset, "transitions": len(data), "online_steps": online_steps,
               "offline_steps": args.offline_steps, "seeds": args.seeds, "results": rows}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / "summary.json", result)
     return result
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from hybridrl.core.checkpoint import atomic_write_json
+
 CONFIG = Path(__file__).parent / "configs" / "preference" / "winrate.yaml"
 
 
@@ -139,21 +141,16 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
     ).stdout.strip()
-    cli.out.parent.mkdir(parents=True, exist_ok=True)
-    cli.out.write_text(
-        json.dumps(
-            {
-                "config": cfg,
-                "seed": cli.seed,
-                "task": task_summary,
-                "commit": commit,
-                "threads": torch.get_num_threads(),
-                "runs": runs,
-            },
-            indent=2,
-            sort_keys=True,
-        )
-        + "\n"
+    atomic_write_json(
+        cli.out,
+        {
+            "config": cfg,
+            "seed": cli.seed,
+            "task": task_summary,
+            "commit": commit,
+            "threads": torch.get_num_threads(),
+            "runs": runs,
+        },
     )
     print(f"results in {cli.out}")
 

@@ -8,12 +8,12 @@ updates per second next to d3rlpy's SAC with the same sizes (2x256, batch 256).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from hybridrl.bench.throughput import measure
+from hybridrl.core.checkpoint import atomic_write_json
 from hybridrl.core.config import RunConfig
 from hybridrl.core.logging import read_metrics
 from hybridrl.core.seeding import resolve_device
@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
             best_step = next((s for s, ret in curve if ret >= 2500), None)
             print(f"seed {seed}: final return {final['return_mean']:.0f}; first eval >= 2500 at "
                   f"{best_step if best_step is not None else 'never'}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(Path(args.out) / "summary.json", result)
     return result
 
 

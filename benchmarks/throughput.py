@@ -17,10 +17,8 @@ Timing runs in rounds that interleave the two libraries and the matmul reference
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-from pathlib import Path
 
 import torch
 
@@ -32,6 +30,7 @@ from hybridrl.bench.throughput import (
     random_dataset,
     time_block,
 )
+from hybridrl.core.checkpoint import atomic_write_json
 from hybridrl.core.runtime import keep_freed_memory
 from hybridrl.core.seeding import resolve_device
 from hybridrl.offline.cql import CQLConfig
@@ -112,9 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
               "matmul_flops_per_s": peak, "batch_size": args.batch_size,
               "num_sampled_actions": args.num_sampled_actions, "hidden": list(HIDDEN),
               "allocator_tuned": allocator_tuned, "results": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     return result
 
 

@@ -27,6 +27,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from hybridrl.core.checkpoint import atomic_write_json
+
 ASSETS = Path(__file__).parent / "assets"
 MANIFEST = ASSETS / "MANIFEST.json"
 MINARI_DIR = ASSETS / "minari"
@@ -104,7 +106,7 @@ def write_manifest() -> dict:
     files = {str(p.relative_to(ASSETS)): _sha256(p) for p in _files(ASSETS)}
     manifest = {"files": files, "regenerate": REGENERATE,
                 "note": "real MuJoCo rollouts of the factory's policies; see hybridrl/bench/bundled.py"}
-    MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(MANIFEST, manifest)
     return manifest
 
 

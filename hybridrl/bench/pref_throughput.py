@@ -42,6 +42,8 @@ from pathlib import Path
 
 import yaml
 
+from hybridrl.core.checkpoint import atomic_write_json
+
 # the preset lives with the other benchmark presets, in the source checkout
 CONFIG = Path(__file__).parents[2] / "benchmarks" / "configs" / "preference" / "throughput.yaml"
 VARIANTS = ("hybridrl", "trl-tuned", "hybridrl-refmodel", "trl-default")
@@ -335,21 +337,16 @@ def main() -> None:
                 ratios[f"{ours}/{theirs}"] = best[ours]["tokens_per_s"] / best[theirs]["tokens_per_s"]
     for name, ratio in ratios.items():
         print(f"speed-up {name}: {ratio:.2f}x")
-    cli.out.parent.mkdir(parents=True, exist_ok=True)
-    cli.out.write_text(
-        json.dumps(
-            {
-                "config": cfg,
-                "seed": cli.seed,
-                "env": _versions(),
-                "best": best,
-                "runs": results,
-                "speedups": ratios,
-            },
-            indent=2,
-            sort_keys=True,
-        )
-        + "\n"
+    atomic_write_json(
+        cli.out,
+        {
+            "config": cfg,
+            "seed": cli.seed,
+            "env": _versions(),
+            "best": best,
+            "runs": results,
+            "speedups": ratios,
+        },
     )
     print(f"results in {cli.out}")
 

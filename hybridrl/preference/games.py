@@ -66,7 +66,6 @@ Deviations from the reference code, stated so results can be compared:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -75,6 +74,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from hybridrl.core.checkpoint import atomic_write_json
 from hybridrl.core.seeding import resolve_device
 
 __all__ = [
@@ -845,7 +845,7 @@ def plot_gap_curves(
         method: {"gap_final_median": float(np.median(gaps[-1])), "gap_final_max": float(gaps[-1].max())}
         for method, gaps in curves.items()
     }
-    out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out_path.with_suffix(".json"), summary)
     return summary
 
 
