@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from hybridrl.core.checkpoint import atomic_write_text
+from hybridrl.core.seeding import num_threads_from_env
 
 CONFIG = Path(__file__).parent / "configs" / "preference" / "nash_selfplay.yaml"
 RESULTS = Path(__file__).parent / "results"
@@ -127,7 +127,7 @@ def main() -> None:
     import torch
     import transformers
 
-    torch.set_num_threads(int(os.environ.get("HYBRIDRL_THREADS") or 1))  # a shared 2-core CPU
+    torch.set_num_threads(num_threads_from_env() or 1)  # a shared 2-core CPU
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     import datasets

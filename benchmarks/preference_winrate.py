@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from hybridrl.core.checkpoint import atomic_write_json
+from hybridrl.core.seeding import num_threads_from_env
 
 CONFIG = Path(__file__).parent / "configs" / "preference" / "winrate.yaml"
 
@@ -91,7 +91,7 @@ def main() -> None:
     import torch
     import transformers
 
-    torch.set_num_threads(int(os.environ.get("HYBRIDRL_THREADS") or 1))  # a shared 2-core CPU: see README
+    torch.set_num_threads(num_threads_from_env() or 1)  # a shared 2-core CPU: see README
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     import datasets

@@ -43,6 +43,7 @@ from pathlib import Path
 import yaml
 
 from hybridrl.core.checkpoint import atomic_write_json
+from hybridrl.core.seeding import num_threads_from_env
 
 # the preset lives with the other benchmark presets, in the source checkout
 CONFIG = Path(__file__).parents[2] / "benchmarks" / "configs" / "preference" / "throughput.yaml"
@@ -50,7 +51,7 @@ VARIANTS = ("hybridrl", "trl-tuned", "hybridrl-refmodel", "trl-default")
 
 
 def _threads() -> int:
-    return int(os.environ.get("HYBRIDRL_THREADS") or 1)
+    return num_threads_from_env() or 1
 
 
 def _peak_rss_mb() -> float:
