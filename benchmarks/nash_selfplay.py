@@ -76,19 +76,12 @@ def train_dpo(task: Path, run_dir: Path, cfg: dict, seed: int) -> dict:
     from hybridrl.preference.data import tokenize_pairs
     from hybridrl.preference.losses import PreferenceLossConfig
     from hybridrl.preference.models import load_causal_lm, load_tokenizer
-    from hybridrl.preference.oracles import MajorityJudge, judge_batch
+    from hybridrl.preference.oracles import MajorityJudge, relabel_pairs
     from hybridrl.preference.task import read_jsonl
     from hybridrl.preference.trainer import PairwiseTrainer, TrainConfig
 
     rows = read_jsonl(task / "pairs.jsonl")
-    p = judge_batch(
-        MajorityJudge(), [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows]
-    )
-    relabelled = [
-        r if pref > 0.5 else {**r, "chosen": r["rejected"], "rejected": r["chosen"]}
-        for r, pref in zip(rows, p, strict=True)
-        if pref != 0.5
-    ]
+    relabelled = relabel_pairs(MajorityJudge(), rows)
     tokenizer = load_tokenizer(task / "sft_model")
     pairs, _ = tokenize_pairs(relabelled, tokenizer)
     trainer = PairwiseTrainer(

@@ -129,6 +129,7 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
     from hybridrl.preference.data import load_preference_dataset, tokenize_pairs
     from hybridrl.preference.losses import resolve_method
     from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
+    from hybridrl.preference.oracles import relabel_pairs, resolve_judge
     from hybridrl.preference.trainer import PairwiseTrainer, TrainConfig
 
     quiet_hf_libraries()
@@ -143,7 +144,7 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
     tokenizer = load_tokenizer(task / "sft_model")
     rows = load_preference_dataset(task / "pairs.jsonl")
     if settings["labels"] != "task":
-        rows = _relabel([dict(r) for r in rows], settings["labels"])
+        rows = relabel_pairs(resolve_judge(settings["labels"]), rows)
     pairs, _ = tokenize_pairs(rows, tokenizer)
     trainer = PairwiseTrainer(
         model=load_causal_lm(task / "sft_model"), tokenizer=tokenizer, pairs=pairs, loss_config=loss_config,
@@ -156,16 +157,6 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
     return {**_versus_sft(run_dir / "model", task, settings, spec.seed),
             "tokens_per_s": last.get("time/tokens_per_s"), "final_loss": last.get("loss"),
             "train_accuracy": last.get("rewards/accuracies")}
-
-
-def _relabel(rows: list[dict[str, Any]], judge_name: str) -> list[dict[str, Any]]:
-    """The pairs with chosen/rejected set by ``judge_name``; pairs it ties are dropped."""
-    from hybridrl.preference.oracles import judge_batch, resolve_judge
-
-    p = judge_batch(resolve_judge(judge_name), [r["prompt"] for r in rows], [r["chosen"] for r in rows],
-                    [r["rejected"] for r in rows])
-    return [r if pref > 0.5 else {**r, "chosen": r["rejected"], "rejected": r["chosen"]}
-            for r, pref in zip(rows, p, strict=True) if pref != 0.5]
 
 
 def _versus_sft(model_dir: Path, task: Path, settings: dict[str, Any], seed: int) -> dict[str, Any]:

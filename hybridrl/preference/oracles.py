@@ -29,7 +29,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -67,6 +67,13 @@ def judge_batch(
     return np.array(
         [oracle.preference(p, a, b) for p, a, b in zip(prompts, firsts, seconds, strict=True)], dtype=np.float64
     )
+
+
+def relabel_pairs(oracle: PreferenceOracle, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Preference rows with chosen/rejected set by ``oracle``; the pairs it ties are dropped."""
+    p = judge_batch(oracle, [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+    return [dict(r) if pref > 0.5 else {**r, "chosen": r["rejected"], "rejected": r["chosen"]}
+            for r, pref in zip(rows, p, strict=True) if pref != 0.5]
 
 
 # ---------------------------------------------------------------------------------------------------

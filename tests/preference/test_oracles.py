@@ -111,3 +111,16 @@ def test_judge_batch_matches_single_calls():
     expected = [judge.preference(p, x, y) for p, x, y in zip(prompts, a, b, strict=True)]
     assert judge_batch(judge, prompts, a, b).tolist() == expected
     assert judge_batch(BothOrders(judge), prompts, a, b).tolist() == expected  # already symmetric
+
+
+def test_relabel_pairs_follows_the_judge_and_drops_ties():
+    from hybridrl.preference.oracles import relabel_pairs
+
+    class FirstLonger:
+        def preference(self, prompt, first, second):
+            return 0.5 if len(first) == len(second) else float(len(first) > len(second))
+
+    rows = [{"prompt": "p", "chosen": "aa", "rejected": "a"}, {"prompt": "q", "chosen": "b", "rejected": "bbb"},
+            {"prompt": "r", "chosen": "cc", "rejected": "dd"}]
+    assert relabel_pairs(FirstLonger(), rows) == [{"prompt": "p", "chosen": "aa", "rejected": "a"},
+                                                  {"prompt": "q", "chosen": "bbb", "rejected": "b"}]
