@@ -251,3 +251,19 @@ def test_preference_runs_without_the_lm_extra_say_how_to_install_it(monkeypatch,
     spec = RunSpec("preference", "dpo", suites.BUNDLED_PREF_TASK, steps=1)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'hybridrl\[lm\]'"):
         execute.run_preference_spec(spec, tmp_path, "cpu", 1)
+
+
+def test_bundled_install_tolerates_a_parallel_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    [dataset_id] = bundled.DATASETS
+    copytree = shutil.copytree
+
+    def copy_while_another_worker_installs(source, destination, *args, **kwargs):
+        # the other worker's rename lands between our copy and our rename
+        monkeypatch.setattr(shutil, "copytree", copytree)
+        copytree(source, tmp_path / "store" / dataset_id)
+        return copytree(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", copy_while_another_worker_installs)
+    assert bundled.install_datasets() == [dataset_id]
+    assert not list((tmp_path / "store" / dataset_id).parent.glob(".staging-*"))

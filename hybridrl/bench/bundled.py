@@ -90,7 +90,12 @@ def install_datasets() -> list[str]:
         staging = target.parent / f".staging-{uuid.uuid4().hex[:8]}"
         try:
             shutil.copytree(MINARI_DIR / dataset_id, staging)
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                # parallel runs of a fresh grid install at once: the first rename wins, the same files
+                if not (target / "data").exists():
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return list(DATASETS)
