@@ -439,3 +439,128 @@ def collate_shared_prompt(
         completion_mask=completion_mask,
         indices=torch.tensor(index_list, dtype=torch.long),
     )
+
+
+PROMPT, CHOSEN, REJECTED = 0, 1, 2
+"""Values of :attr:`PackedPairBatch.branch`: which part of its pair a packed token belongs to."""
+
+
+@dataclass(frozen=True)
+class PackedPairBatch:
+    """Whole pairs packed side by side into a few rows, each laid out prompt, chosen, rejected.
+
+    Nothing is padded but the tail of a row, and each prompt is stored once. A token attends to the
+    earlier tokens of its own pair's prompt and of its own answer only (the mask is built from
+    ``segment`` and ``branch``), and its position id is the one it has in its own prompt+answer
+    sequence, so every log-prob equals the one of the concatenated batch.
+    """
+
+    input_ids: Tensor
+    """``[R, L]`` token ids of the packed rows (padding only at the end of a row)."""
+    position_ids: Tensor
+    """``[R, L]`` position of each token in its own prompt+answer sequence."""
+    segment: Tensor
+    """``[R, L]`` the pair (its slot in ``indices``) each token belongs to; -1 on padding."""
+    branch: Tensor
+    """``[R, L]`` PROMPT, CHOSEN or REJECTED; -1 on padding."""
+    pred_index: Tensor
+    """``[N]`` flat index ``row * L + column`` of the position whose logits predict each completion token."""
+    target_ids: Tensor
+    """``[N]`` the completion tokens, chosen and rejected of every pair."""
+    owner: Tensor
+    """``[N]`` the sequence each completion token belongs to: slot ``i`` chosen, ``B + i`` rejected."""
+    indices: Tensor
+    """``[B]`` dataset index of each pair."""
+
+    @property
+    def num_pairs(self) -> int:
+        return self.indices.numel()
+
+    def num_tokens(self) -> int:
+        """Tokens of the equivalent concatenated batch (prompt counted twice), as TRL counts them."""
+        return int(2 * (self.branch == PROMPT).sum() + (self.branch > PROMPT).sum())
+
+    def to(self, device: torch.device) -> PackedPairBatch:
+        return PackedPairBatch(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (
+                    self.input_ids,
+                    self.position_ids,
+                    self.segment,
+                    self.branch,
+                    self.pred_index,
+                    self.target_ids,
+                    self.owner,
+                    self.indices,
+                )
+            )
+        )
+
+
+def collate_packed(
+    pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *, pad_token_id: int, row_length: int | None = None
+) -> PackedPairBatch:
+    """Pack the pairs of ``indices`` (which must share their prompts) into rows of at most ``row_length``.
+
+    ``row_length`` (default: the longest pair) is raised to the longest pair if shorter. Pairs go into
+    rows first-fit by decreasing length, which leaves little room at the row ends; attention costs
+    grow with the row length, so rows are kept about as long as the longest pair.
+    """
+    index_list = [int(i) for i in indices]
+    num_pairs = len(index_list)
+    pieces = []
+    for i in index_list:
+        start = pairs.chosen_prompt_lengths[i]
+        pieces.append(
+            (pairs.chosen_ids[i][:start], pairs.chosen_ids[i][start:], pairs.rejected_ids[i][start:])
+        )
+    sizes = [sum(map(len, piece)) for piece in pieces]
+    capacity = max(max(sizes), row_length or 0)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for slot in sorted(range(num_pairs), key=lambda s: -sizes[s]):
+        fits = next((r for r, free in enumerate(room) if sizes[slot] <= free), None)
+        if fits is None:
+            rows.append([slot])
+            room.append(capacity - sizes[slot])
+        else:
+            rows[fits].append(slot)
+            room[fits] -= sizes[slot]
+    width = capacity - min(room)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    branch = torch.full((len(rows), width), -1, dtype=torch.long)
+    pred_index: list[int] = []
+    target_ids: list[int] = []
+    owner: list[int] = []
+    for r, slots in enumerate(rows):
+        column = 0
+        for slot in slots:
+            prompt, chosen, rejected = pieces[slot]
+            parts = ((PROMPT, prompt, None), (CHOSEN, chosen, slot), (REJECTED, rejected, num_pairs + slot))
+            prompt_last = r * width + column + len(prompt) - 1
+            for part, tokens, sequence in parts:
+                end = column + len(tokens)
+                input_ids[r, column:end] = torch.tensor(tokens, dtype=torch.long)
+                offset = 0 if part == PROMPT else len(prompt)
+                position_ids[r, column:end] = torch.arange(offset, offset + len(tokens))
+                segment[r, column:end] = slot
+                branch[r, column:end] = part
+                if sequence is not None:
+                    # the prompt's last position predicts the first answer token, each token the next
+                    pred_index += [prompt_last, *range(r * width + column, r * width + end - 1)]
+                    target_ids += tokens
+                    owner += [sequence] * len(tokens)
+                column = end
+    return PackedPairBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        segment=segment,
+        branch=branch,
+        pred_index=torch.tensor(pred_index, dtype=torch.long),
+        target_ids=torch.tensor(target_ids, dtype=torch.long),
+        owner=torch.tensor(owner, dtype=torch.long),
+        indices=torch.tensor(index_list, dtype=torch.long),
+    )

@@ -23,13 +23,18 @@ from torch import Tensor
 
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.preference.data import (
+    PROMPT,
+    PackedPairBatch,
     PairBatch,
     SharedPromptBatch,
     TokenizedPairs,
+    collate_packed,
     collate_pairs,
     collate_shared_prompt,
     shares_prompts,
 )
+
+AnyPairBatch = PairBatch | SharedPromptBatch | PackedPairBatch
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -107,18 +112,103 @@ def shared_prompt_logps(model: torch.nn.Module, batch: SharedPromptBatch) -> tup
     return first * batch.completion_mask[:, 0] + rest.sum(dim=1), batch.completion_mask.sum(dim=1)
 
 
-def pair_logps(model: torch.nn.Module, batch: PairBatch | SharedPromptBatch) -> tuple[Tensor, Tensor]:
-    """Completion log-probs ``[2B]`` and lengths ``[2B]`` of either batch layout."""
+def packing_mask_kind(model: torch.nn.Module) -> str | None:
+    """How ``model`` takes the custom attention mask of a packed batch: 'bool', 'float', or None (it cannot).
+
+    SDPA takes a boolean mask (True: attend), eager attention an additive one; kernels that only know
+    causal or padding masks (FlashAttention 2, ...) cannot run a packed batch.
+    """
+    inner = getattr(model, "module", model)
+    config = getattr(inner, "config", None)
+    implementation = getattr(config, "_attn_implementation", None)
+    return {"sdpa": "bool", "eager": "float"}.get(implementation)
+
+
+def _supports_boolean_logits_to_keep(model: torch.nn.Module) -> bool:
+    # transformers slices hidden states by a boolean [R, L] mask (packed training) since slice_logits_to_keep
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
+    except ImportError:
+        return False
+    return _accepts_logits_to_keep(model)
+
+
+def packed_attention_mask(batch: PackedPairBatch, kind: str, dtype: torch.dtype) -> Tensor:
+    """``[R, 1, L, L]`` mask: a token sees the earlier tokens of its pair's prompt and of its own answer."""
+    segment, branch = batch.segment, batch.branch
+    width = segment.size(1)
+    earlier = torch.ones(width, width, dtype=torch.bool, device=segment.device).tril()
+    same_pair = segment[:, :, None] == segment[:, None, :]
+    same_text = (branch[:, None, :] == PROMPT) | (branch[:, :, None] == branch[:, None, :])
+    # the diagonal keeps every padding row non-empty (a fully masked softmax row is NaN)
+    visible = (same_pair & same_text & earlier) | torch.eye(width, dtype=torch.bool, device=segment.device)
+    visible = visible[:, None]
+    if kind == "bool":
+        return visible
+    return torch.zeros(visible.shape, dtype=dtype, device=segment.device).masked_fill_(
+        ~visible, torch.finfo(dtype).min
+    )
+
+
+def packed_logps(model: torch.nn.Module, batch: PackedPairBatch) -> tuple[Tensor, Tensor]:
+    """:func:`sequence_logps` of a packed batch: one model call, no padding, each prompt once.
+
+    Same numbers as the concatenated forward (up to float summation order); the LM head runs only on
+    the positions that predict a completion token.
+    """
+    kind = packing_mask_kind(model)
+    if kind is None:
+        raise ValueError(
+            "this model's attention implementation cannot take a packed batch's mask: "
+            "load it with attn_implementation='sdpa' or 'eager', or turn packing off"
+        )
+    inner = getattr(model, "module", model)
+    dtype = next(inner.parameters()).dtype
+    rows, width = batch.input_ids.shape
+    keep = torch.zeros(rows * width, dtype=torch.bool, device=batch.input_ids.device)
+    keep[batch.pred_index] = True
+    kwargs = {"logits_to_keep": keep.view(rows, width)} if _supports_boolean_logits_to_keep(model) else {}
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=packed_attention_mask(batch, kind, dtype),
+        position_ids=batch.position_ids,
+        use_cache=False,
+        **kwargs,
+    ).logits
+    # with ``keep`` the logits are [kept positions, V], in the row-major order of ``keep``
+    rows = keep.cumsum(0)[batch.pred_index] - 1 if kwargs else batch.pred_index
+    logits = logits.reshape(-1, logits.size(-1))[rows]
+    per_token = token_logps(logits, batch.target_ids)
+    num_sequences = 2 * batch.num_pairs
+    logps = per_token.new_zeros(num_sequences).index_add(0, batch.owner, per_token)
+    return logps, torch.bincount(batch.owner, minlength=num_sequences)
+
+
+def pair_logps(model: torch.nn.Module, batch: AnyPairBatch) -> tuple[Tensor, Tensor]:
+    """Completion log-probs ``[2B]`` and lengths ``[2B]`` of any batch layout."""
+    if isinstance(batch, PackedPairBatch):
+        return packed_logps(model, batch)
     if isinstance(batch, SharedPromptBatch):
         return shared_prompt_logps(model, batch)
     return sequence_logps(model, batch)
 
 
 def collate(
-    pairs: TokenizedPairs, indices: list[int], *, pad_token_id: int, share_prompt: bool = True
-) -> PairBatch | SharedPromptBatch:
-    """The cheaper valid layout for ``indices``: shared prompts when chosen and rejected share them."""
+    pairs: TokenizedPairs,
+    indices: list[int],
+    *,
+    pad_token_id: int,
+    share_prompt: bool = True,
+    pack: bool = False,
+) -> AnyPairBatch:
+    """The cheapest valid layout for ``indices``.
+
+    When chosen and rejected share their prompts: packed (``pack``, see :func:`packed_logps`) or
+    shared-prompt; otherwise the concatenated batch.
+    """
     if share_prompt and shares_prompts(pairs, indices):
+        if pack:
+            return collate_packed(pairs, indices, pad_token_id=pad_token_id)
         return collate_shared_prompt(pairs, indices, pad_token_id=pad_token_id)
     return collate_pairs(pairs, indices, pad_token_id=pad_token_id)
 
@@ -154,6 +244,7 @@ def compute_reference_logps(
     device: torch.device | None = None,
     shard: tuple[int, int] = (0, 1),
     share_prompt: bool = True,
+    pack: bool = False,
 ) -> Tensor:
     """Reference log-probs of every pair, ``[N, 2]`` float32 on the CPU (column 0 chosen, 1 rejected).
 
@@ -165,7 +256,8 @@ def compute_reference_logps(
     table = torch.zeros(len(pairs), 2)
     with reference_mode(model):
         for indices in _length_sorted_batches(pairs, batch_size, shard):
-            batch = collate(pairs, indices, pad_token_id=pad_token_id, share_prompt=share_prompt).to(device)
+            batch = collate(pairs, indices, pad_token_id=pad_token_id, share_prompt=share_prompt, pack=pack)
+            batch = batch.to(device)
             logps, _ = pair_logps(model, batch)
             table[batch.indices.cpu()] = logps.view(2, -1).t().cpu()
     return table

@@ -132,12 +132,18 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """Load any causal LM by HF id or local path (float32 unless ``dtype`` says otherwise)."""
+def load_causal_lm(
+    name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None, attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """Load any causal LM by HF id or local path (float32 unless ``dtype`` says otherwise).
+
+    ``attn_implementation`` ('sdpa', 'eager', 'flash_attention_2', ...) defaults to transformers' choice.
+    """
     from transformers import AutoModelForCausalLM
 
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype or torch.float32, **extra)
     except OSError as err:
         raise ValueError(
             f"cannot load a causal LM from {name_or_path!r}: pass a local model directory "

@@ -8,11 +8,14 @@ Where the time goes and what is not wasted:
 - reference log-probs are computed once per dataset before training (length-sorted batches, no
   gradient), cached on disk by a hash of weights and data, and looked up by pair index; the
   reference model is then freed. ``reference="model"`` keeps a frozen copy (or the LoRA base) instead;
-- each prompt goes through the policy once for both of its answers (``logprobs.shared_prompt_logps``:
-  its key/value cache feeds the chosen and the rejected completions); under DDP, chosen and rejected
-  go through in one concatenated forward (``logprobs.sequence_logps``);
+- whole pairs are packed side by side into a few rows, each prompt stored once, with a block mask
+  that lets a token see only its own prompt and answer (``logprobs.packed_logps``): one model call
+  and almost no padding. Models whose attention cannot take that mask (FlashAttention 2) send each
+  prompt through once and feed its key/value cache to both answers instead
+  (``logprobs.shared_prompt_logps``); under DDP, chosen and rejected go through in one
+  concatenated forward (``logprobs.sequence_logps``);
 - batches are padded to their own longest row, not to a global maximum; with ``pairs_per_forward``
-  a micro-batch is further split into length-sorted groups, each padded to its own longest row;
+  a micro-batch is further split into length-sorted groups, each laid out on its own;
 - no gradient checkpointing, no autocast on the CPU, metrics leave the device only when logged.
 
 Checkpoints (``checkpoint.pt``, written atomically) hold the weights (the adapter only with LoRA),
@@ -38,11 +41,13 @@ import torch
 from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkpoint
 from hybridrl.core.logging import MetricsLogger
 from hybridrl.core.seeding import rng_state, seed_everything, set_rng_state
-from hybridrl.preference.data import PairBatch, SharedPromptBatch, TokenizedPairs
+from hybridrl.preference.data import TokenizedPairs
 from hybridrl.preference.logprobs import (
+    AnyPairBatch,
     collate,
     compute_reference_logps,
     fingerprint,
+    packing_mask_kind,
     pair_logps,
     reference_mode,
 )
@@ -87,6 +92,9 @@ class TrainConfig:
     share_prompt: bool = True
     """Run each prompt once for its chosen and rejected answers (same loss, less work; see
     logprobs.shared_prompt_logps). Single-process only: under DDP the concatenated forward is used."""
+    packing: bool = True
+    """With share_prompt: pack whole pairs into few rows under a block attention mask (one model call,
+    no padding; see logprobs.packed_logps). Used when the model's attention is SDPA or eager."""
     lora_r: int = 0
     """LoRA rank through peft; 0 trains every weight."""
     lora_alpha: int = 16
@@ -194,6 +202,9 @@ class PairwiseTrainer:
             disable_dropout(ref_model)
             self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
         self._explicit_ref = ref_model if train_config.reference == "precompute" else None
+        # the packed layout needs every model that scores it (policy, reference) to take its mask
+        scorers = [m for m in (model, self.ref_model, self._explicit_ref) if m is not None]
+        self.pack = train_config.packing and all(packing_mask_kind(m) is not None for m in scorers)
         self.ref_table: torch.Tensor | None = None
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -269,6 +280,7 @@ class PairwiseTrainer:
                 device=self.device,
                 shard=shard,
                 share_prompt=self.config.share_prompt and self.accelerator.num_processes == 1,
+                pack=self.pack,
             )
             if self.accelerator.num_processes > 1:
                 table = self.accelerator.reduce(table.to(self.device), reduction="sum").cpu()
@@ -278,7 +290,7 @@ class PairwiseTrainer:
         self._explicit_ref = None  # the reference model is not needed any more
         self.ref_table = self.ref_table.to(self.device)
 
-    def _reference_logps(self, batch: PairBatch | SharedPromptBatch) -> torch.Tensor:
+    def _reference_logps(self, batch: AnyPairBatch) -> torch.Tensor:
         if self.ref_table is not None:
             rows = self.ref_table[batch.indices]  # [B, 2]
             return torch.cat([rows[:, 0], rows[:, 1]])
@@ -288,10 +300,10 @@ class PairwiseTrainer:
 
     # -- one step ----------------------------------------------------------------------------------
 
-    def collate(self, indices: list[int]) -> PairBatch | SharedPromptBatch:
+    def collate(self, indices: list[int]) -> AnyPairBatch:
         # DDP expects one forward per backward; the shared-prompt layout makes two
         share = self.config.share_prompt and self.accelerator.num_processes == 1
-        return collate(self.pairs, indices, pad_token_id=self.pad_token_id, share_prompt=share)
+        return collate(self.pairs, indices, pad_token_id=self.pad_token_id, share_prompt=share, pack=self.pack)
 
     def length_chunks(self, indices: list[int]) -> list[list[int]]:
         """Split a micro-batch into groups of ``pairs_per_forward`` pairs of similar length.
@@ -311,7 +323,7 @@ class PairwiseTrainer:
         return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
     def compute_loss(
-        self, batches: PairBatch | SharedPromptBatch | list[PairBatch | SharedPromptBatch]
+        self, batches: AnyPairBatch | list[AnyPairBatch]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and metrics of the pairs of one batch, or of several batches as one (on the device)."""
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)

@@ -119,3 +119,57 @@ def test_shared_prompt_layout_equals_concatenated(setup):
     grads_a = torch.autograd.grad(a.sum(), list(model.parameters()))
     grads_b = torch.autograd.grad(b.sum(), list(model.parameters()))
     assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b, strict=True))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_layout_equals_concatenated(setup, tiny_lm, attention):
+    from hybridrl.preference.data import collate_packed
+    from hybridrl.preference.logprobs import packed_logps
+
+    _, tokenizer, pairs = setup
+    model = load_causal_lm(tiny_lm[0], attn_implementation=attention).eval()
+    indices = list(range(2, 13))
+    concatenated = collate_pairs(pairs, indices, pad_token_id=tokenizer.pad_token_id)
+    longest = max(len(pairs.chosen_ids[i]) + len(pairs.rejected_ids[i]) for i in indices)
+    packed = collate_packed(pairs, indices, pad_token_id=tokenizer.pad_token_id, row_length=longest)
+    assert 1 < packed.input_ids.size(0) < len(indices)  # several pairs share a row, and rows end padded
+    assert bool((packed.segment == -1).any())
+    assert packed.num_tokens() == concatenated.num_tokens()
+    a, lengths_a = sequence_logps(model, concatenated)
+    b, lengths_b = packed_logps(model, packed)
+    assert torch.allclose(a, b, atol=1e-5) and torch.equal(lengths_a, lengths_b)
+    grads_a = torch.autograd.grad(a.sum(), list(model.parameters()))
+    grads_b = torch.autograd.grad(b.sum(), list(model.parameters()))
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b, strict=True))
+
+
+def test_packed_rows_hold_each_prompt_once_and_respect_the_row_length(setup):
+    from hybridrl.preference.data import CHOSEN, PROMPT, REJECTED, collate_packed
+
+    _, tokenizer, pairs = setup
+    indices = list(range(16))
+    sizes = [len(pairs.chosen_ids[i]) + len(pairs.rejected_ids[i]) - pairs.chosen_prompt_lengths[i] for i in indices]
+    packed = collate_packed(pairs, indices, pad_token_id=tokenizer.pad_token_id, row_length=2 * max(sizes))
+    assert packed.input_ids.size(1) <= 2 * max(sizes)
+    assert int((packed.segment >= 0).sum()) == sum(sizes)  # nothing twice, nothing lost
+    for slot, i in enumerate(indices):
+        prompt = pairs.chosen_prompt_lengths[i]
+        for part, sequence in ((PROMPT, pairs.chosen_ids[i][:prompt]), (CHOSEN, pairs.chosen_ids[i][prompt:]),
+                               (REJECTED, pairs.rejected_ids[i][prompt:])):
+            where = (packed.segment == slot) & (packed.branch == part)
+            assert packed.input_ids[where].tolist() == sequence
+            offset = 0 if part == PROMPT else prompt
+            assert packed.position_ids[where].tolist() == list(range(offset, offset + len(sequence)))
+
+
+def test_attention_kernels_without_custom_masks_are_not_packed():
+    from types import SimpleNamespace
+
+    from hybridrl.preference.logprobs import packing_mask_kind
+
+    def model(implementation):
+        return SimpleNamespace(config=SimpleNamespace(_attn_implementation=implementation))
+
+    assert packing_mask_kind(model("sdpa")) == "bool"
+    assert packing_mask_kind(model("eager")) == "float"
+    assert packing_mask_kind(model("flash_attention_2")) is None
