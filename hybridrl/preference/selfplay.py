@@ -47,7 +47,13 @@ from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkp
 from hybridrl.core.logging import MetricsLogger
 from hybridrl.core.seeding import resolve_device
 from hybridrl.preference.data import PairBatch, TokenizedPairs
-from hybridrl.preference.logprobs import _accepts_logits_to_keep, collate, pair_logps, sequence_logps
+from hybridrl.preference.logprobs import (
+    _accepts_logits_to_keep,
+    collate,
+    packing_mask_kind,
+    pair_logps,
+    sequence_logps,
+)
 from hybridrl.preference.losses import PairLogps, resolve_loss
 from hybridrl.preference.models import disable_dropout
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
@@ -570,9 +576,10 @@ class SelfPlayTrainer:
         )
         self.model.train()
         losses = []
+        pack = packing_mask_kind(self.model) is not None  # both samples of a pair answer the same prompt
         for step in range(self.config.steps_per_iteration):
             rows = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
-            batch = collate(pairs, rows.tolist(), pad_token_id=self.pad_token_id).to(self.device)
+            batch = collate(pairs, rows.tolist(), pad_token_id=self.pad_token_id, pack=pack).to(self.device)
             logps, lengths = pair_logps(self.model, batch)
             half = rows.numel()
             first, second = targets.first[rows], targets.second[rows]
