@@ -99,14 +99,12 @@ def make_inputs(root: Path, cfg: dict, seed: int) -> tuple[Path, Path]:
 
 
 def run_hybridrl(model_dir: str, data: str, cfg: dict, out_dir: str, reference: str) -> dict:
-    import torch
 
     from hybridrl.preference.data import PreferenceDataConfig, load_preference_dataset, tokenize_pairs
     from hybridrl.preference.losses import PreferenceLossConfig
     from hybridrl.preference.models import load_causal_lm, load_tokenizer
     from hybridrl.preference.trainer import PairwiseTrainer, TrainConfig
 
-    torch.set_num_threads(_threads())
     baseline_mb = _peak_rss_mb()
     tokenizer = load_tokenizer(model_dir)
     setup_start = time.perf_counter()
@@ -158,14 +156,12 @@ def run_hybridrl(model_dir: str, data: str, cfg: dict, out_dir: str, reference: 
 
 
 def run_trl(model_dir: str, data: str, cfg: dict, out_dir: str, tuned: bool) -> dict:
-    import torch
     from transformers import PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from hybridrl.preference.data import load_preference_dataset
     from hybridrl.preference.models import load_tokenizer
 
-    torch.set_num_threads(_threads())
     baseline_mb = _peak_rss_mb()
 
     class Clock(TrainerCallback):
@@ -238,7 +234,12 @@ def run_trl(model_dir: str, data: str, cfg: dict, out_dir: str, tuned: bool) -> 
     }
 
 
-def _worker(variant: str, model_dir: str, data: str, cfg: dict, out_dir: str, queue: mp.Queue) -> None:
+def _worker(
+    variant: str, model_dir: str, data: str, cfg: dict, out_dir: str, threads: int, queue: mp.Queue
+) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
     # the summary is printed by the parent: no progress bars (TRL's reference precompute) or deprecation notes
     os.environ["TQDM_DISABLE"] = "1"
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -285,8 +286,11 @@ def load_config(path: Path = CONFIG) -> dict:
 
 
 def compare(cfg: dict, *, variants: tuple[str, ...] | list[str] = VARIANTS, repeats: int = 2, seed: int = 0,
+            threads: int | None = None,
             echo=lambda line: print(line, file=sys.stderr)) -> dict[str, list[dict]]:
-    """Every variant ``repeats`` times, interleaved, each in a fresh process; {variant: [results]}."""
+    """Every variant ``repeats`` times, interleaved, each in a fresh process on ``threads`` torch threads
+    (default: ``HYBRIDRL_THREADS``, else 1); {variant: [results]}."""
+    threads = threads or _threads()
     context = mp.get_context("spawn")
     results: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
@@ -296,7 +300,7 @@ def compare(cfg: dict, *, variants: tuple[str, ...] | list[str] = VARIANTS, repe
                 queue = context.Queue()
                 process = context.Process(
                     target=_worker,
-                    args=(variant, str(model_dir), str(data), cfg, f"{tmp}/{variant}-{repeat}", queue),
+                    args=(variant, str(model_dir), str(data), cfg, f"{tmp}/{variant}-{repeat}", threads, queue),
                 )
                 process.start()
                 result = queue.get()

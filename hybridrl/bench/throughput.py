@@ -184,7 +184,8 @@ def _measure_dpo() -> dict[str, Any]:
     """Tokens/s of our trainer and TRL's DPOTrainer (precomputed reference) on the preset model."""
     from hybridrl.bench.pref_throughput import compare, load_config
 
-    results = compare(load_config(), variants=("hybridrl", "trl-tuned"), repeats=1, echo=lambda line: None)
+    results = compare(load_config(), variants=("hybridrl", "trl-tuned"), repeats=1, threads=torch.get_num_threads(),
+                      echo=lambda line: None)
     ours, trl = results["hybridrl"][0], results["trl-tuned"][0]
 
     def row(r: dict) -> dict[str, Any]:
