@@ -62,3 +62,24 @@ def test_soft_update():
     assert torch.allclose(a.weight, 0.75 * before + 0.25 * b.weight)
     soft_update_(a, b, 1.0)
     assert torch.allclose(a.weight, b.weight)
+
+
+def test_shared_adam_is_fused_and_steps_like_plain_adam():
+    from hybridrl.core.optim import adam
+
+    torch.manual_seed(0)
+    fused_net = torch.nn.Linear(8, 4)
+    plain_net = torch.nn.Linear(8, 4)
+    plain_net.load_state_dict(fused_net.state_dict())
+    initial = fused_net.weight.detach().clone()
+    fused, plain = adam(fused_net.parameters(), lr=1e-2), torch.optim.Adam(plain_net.parameters(), lr=1e-2)
+    assert fused.param_groups[0]["fused"]
+    x = torch.randn(32, 8)
+    for _ in range(5):
+        for net, optim in ((fused_net, fused), (plain_net, plain)):
+            optim.zero_grad()
+            net(x).pow(2).mean().backward()
+            optim.step()
+    for a, b in zip(fused_net.parameters(), plain_net.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert (fused_net.weight - initial).abs().max() > 1e-3  # the steps did move the weights

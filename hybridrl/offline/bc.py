@@ -13,6 +13,7 @@ import torch
 from hybridrl.core.buffers import Batch
 from hybridrl.core.losses import bc_mse_loss
 from hybridrl.core.nets import DeterministicActor
+from hybridrl.core.optim import adam
 from hybridrl.registry import AlgoSpec, register
 
 
@@ -31,7 +32,7 @@ class BC:
         self.config = config
         self.device = torch.device(device)
         self.actor = DeterministicActor(obs_dim, act_dim, config.hidden).to(self.device)
-        self.optim = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
+        self.optim = adam(self.actor.parameters(), lr=config.lr)
         self.steps = 0
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:

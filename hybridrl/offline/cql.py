@@ -40,6 +40,7 @@ from hybridrl.core.losses import (
     sac_temperature_loss,
 )
 from hybridrl.core.nets import EnsembleCritic, TanhGaussianActor, soft_update_
+from hybridrl.core.optim import adam
 from hybridrl.registry import AlgoSpec, register
 
 
@@ -131,10 +132,10 @@ class CQL:
         self.log_alpha = torch.tensor(math.log(config.initial_alpha), device=self.device, requires_grad=True)
         self.log_alpha_prime = torch.zeros((), device=self.device, requires_grad=True)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
-        self.alpha_prime_optim = torch.optim.Adam([self.log_alpha_prime], lr=config.alpha_prime_lr)
+        self.actor_optim = adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optim = adam(self.critic.parameters(), lr=config.critic_lr)
+        self.alpha_optim = adam([self.log_alpha], lr=config.alpha_lr)
+        self.alpha_prime_optim = adam([self.log_alpha_prime], lr=config.alpha_prime_lr)
         # Uniform proposals on [-1, 1]^|A| have density 0.5^|A|.
         self.log_uniform_density = act_dim * math.log(0.5)
         self.steps = 0

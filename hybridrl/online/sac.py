@@ -26,6 +26,7 @@ import torch
 from hybridrl.core.buffers import Batch
 from hybridrl.core.losses import clipped_double_q_target, critic_mse_loss, sac_actor_loss, sac_temperature_loss
 from hybridrl.core.nets import EnsembleCritic, TanhGaussianActor, soft_update_
+from hybridrl.core.optim import adam
 from hybridrl.registry import AlgoSpec, register
 
 
@@ -59,9 +60,9 @@ class SAC:
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.initial_alpha), device=self.device, requires_grad=True)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self.actor_optim = adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optim = adam(self.critic.parameters(), lr=config.critic_lr)
+        self.alpha_optim = adam([self.log_alpha], lr=config.alpha_lr)
         self.steps = 0
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
