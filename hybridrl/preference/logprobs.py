@@ -176,8 +176,8 @@ def packed_logps(model: torch.nn.Module, batch: PackedPairBatch) -> tuple[Tensor
         **kwargs,
     ).logits
     # with ``keep`` the logits are [kept positions, V], in the row-major order of ``keep``
-    rows = keep.cumsum(0)[batch.pred_index] - 1 if kwargs else batch.pred_index
-    logits = logits.reshape(-1, logits.size(-1))[rows]
+    predictors = keep.cumsum(0)[batch.pred_index] - 1 if kwargs else batch.pred_index
+    logits = logits.reshape(-1, logits.size(-1))[predictors]
     per_token = token_logps(logits, batch.target_ids)
     num_sequences = 2 * batch.num_pairs
     logps = per_token.new_zeros(num_sequences).index_add(0, batch.owner, per_token)
