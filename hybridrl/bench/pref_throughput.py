@@ -99,7 +99,6 @@ def make_inputs(root: Path, cfg: dict, seed: int) -> tuple[Path, Path]:
 
 
 def run_hybridrl(model_dir: str, data: str, cfg: dict, out_dir: str, reference: str) -> dict:
-
     from hybridrl.preference.data import PreferenceDataConfig, load_preference_dataset, tokenize_pairs
     from hybridrl.preference.losses import PreferenceLossConfig
     from hybridrl.preference.models import load_causal_lm, load_tokenizer
