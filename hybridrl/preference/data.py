@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -102,6 +102,11 @@ class TokenizedPairs:
         return sum(map(len, self.chosen_ids)) + sum(map(len, self.rejected_ids))
 
 
+def _batch_to(batch, device: torch.device):
+    """A copy of a batch dataclass with every tensor field on ``device``."""
+    return replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True) for f in fields(batch)})
+
+
 @dataclass(frozen=True)
 class PairBatch:
     """One concatenated batch: rows ``[0, B)`` are prompt+chosen, rows ``[B, 2B)`` prompt+rejected."""
@@ -124,12 +129,7 @@ class PairBatch:
         return int(self.attention_mask.sum())
 
     def to(self, device: torch.device) -> PairBatch:
-        return PairBatch(
-            *(
-                t.to(device, non_blocking=True)
-                for t in (self.input_ids, self.attention_mask, self.completion_mask, self.indices)
-            )
-        )
+        return _batch_to(self, device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -391,18 +391,7 @@ class SharedPromptBatch:
         return int(2 * self.prompt_mask.sum() + self.completion_mask.sum())
 
     def to(self, device: torch.device) -> SharedPromptBatch:
-        return SharedPromptBatch(
-            *(
-                t.to(device, non_blocking=True)
-                for t in (
-                    self.prompt_ids,
-                    self.prompt_mask,
-                    self.completion_ids,
-                    self.completion_mask,
-                    self.indices,
-                )
-            )
-        )
+        return _batch_to(self, device)
 
 
 def shares_prompts(pairs: TokenizedPairs, indices: Sequence[int]) -> bool:
@@ -481,21 +470,7 @@ class PackedPairBatch:
         return int(2 * (self.branch == PROMPT).sum() + (self.branch > PROMPT).sum())
 
     def to(self, device: torch.device) -> PackedPairBatch:
-        return PackedPairBatch(
-            *(
-                t.to(device, non_blocking=True)
-                for t in (
-                    self.input_ids,
-                    self.position_ids,
-                    self.segment,
-                    self.branch,
-                    self.pred_index,
-                    self.target_ids,
-                    self.owner,
-                    self.indices,
-                )
-            )
-        )
+        return _batch_to(self, device)
 
 
 def collate_packed(

@@ -26,6 +26,16 @@ def loop_logps(model, ids: list[int], prompt_length: int) -> float:
     return sum(float(log_probs[t - 1, ids[t]]) for t in range(prompt_length, len(ids)))
 
 
+def assert_same_as_concatenated(model, concatenated, layout_logps, batch):
+    """Another batch layout gives the concatenated batch's log-probs, lengths and gradients."""
+    a, lengths_a = sequence_logps(model, concatenated)
+    b, lengths_b = layout_logps(model, batch)
+    assert torch.allclose(a, b, atol=1e-5) and torch.equal(lengths_a, lengths_b)
+    grads_a = torch.autograd.grad(a.sum(), list(model.parameters()))
+    grads_b = torch.autograd.grad(b.sum(), list(model.parameters()))
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b, strict=True))
+
+
 def test_matches_a_per_sequence_loop(setup):
     model, tokenizer, pairs = setup
     indices = [0, 3, 5]
@@ -113,12 +123,7 @@ def test_shared_prompt_layout_equals_concatenated(setup):
     concatenated = collate_pairs(pairs, indices, pad_token_id=tokenizer.pad_token_id)
     shared = collate_shared_prompt(pairs, indices, pad_token_id=tokenizer.pad_token_id)
     assert shared.num_tokens() == concatenated.num_tokens()
-    a, lengths_a = sequence_logps(model, concatenated)
-    b, lengths_b = shared_prompt_logps(model, shared)
-    assert torch.allclose(a, b, atol=1e-5) and torch.equal(lengths_a, lengths_b)
-    grads_a = torch.autograd.grad(a.sum(), list(model.parameters()))
-    grads_b = torch.autograd.grad(b.sum(), list(model.parameters()))
-    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b, strict=True))
+    assert_same_as_concatenated(model, concatenated, shared_prompt_logps, shared)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -135,12 +140,7 @@ def test_packed_layout_equals_concatenated(setup, tiny_lm, attention):
     assert 1 < packed.input_ids.size(0) < len(indices)  # several pairs share a row, and rows end padded
     assert bool((packed.segment == -1).any())
     assert packed.num_tokens() == concatenated.num_tokens()
-    a, lengths_a = sequence_logps(model, concatenated)
-    b, lengths_b = packed_logps(model, packed)
-    assert torch.allclose(a, b, atol=1e-5) and torch.equal(lengths_a, lengths_b)
-    grads_a = torch.autograd.grad(a.sum(), list(model.parameters()))
-    grads_b = torch.autograd.grad(b.sum(), list(model.parameters()))
-    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b, strict=True))
+    assert_same_as_concatenated(model, concatenated, packed_logps, packed)
 
 
 def test_packed_rows_hold_each_prompt_once_and_respect_the_row_length(setup):
