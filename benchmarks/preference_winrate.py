@@ -27,7 +27,8 @@ from hybridrl.core.checkpoint import atomic_write_json
 from hybridrl.core.seeding import num_threads_from_env
 
 CONFIG = Path(__file__).parent / "configs" / "preference" / "winrate.yaml"
-DIVERSITY_KEYS = ("win_rate", "entropy", "distinct_1", "distinct_2")
+MATCHED_KEYS = ("win_rate", "entropy", "distinct_1", "distinct_2")
+"""What the matched comparison subtracts: the win rate (how well matched) and the diversity measures."""
 
 
 def train_and_evaluate(
@@ -109,7 +110,7 @@ def matched_comparisons(summary: list[dict]) -> list[dict]:
                 "divergence": row["divergence"],
                 "beta": row["beta"],
                 "dpo_beta": closest["beta"],
-                **{f"delta_{key}": row[key] - closest[key] for key in DIVERSITY_KEYS},
+                **{f"delta_{key}": row[key] - closest[key] for key in MATCHED_KEYS},
             }
         )
     return matches
