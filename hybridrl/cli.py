@@ -72,6 +72,7 @@ def data_make(
     small: Annotated[bool, typer.Option("--small", help="Laptop preset: 100k transitions, 300k SAC steps.")] = False,
     transitions: Annotated[int | None, typer.Option(help="Transitions per rolled-out dataset (D4RL: 1M).")] = None,
     sac_steps: Annotated[int | None, typer.Option(help="SAC environment steps for the expert policy.")] = None,
+    sac_hidden: Annotated[str | None, typer.Option(help="Behaviour SAC's hidden widths, e.g. 256,256.")] = None,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (SAC training).")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")] = False,
@@ -87,7 +88,15 @@ def data_make(
 
     if transitions is not None and transitions <= 0:
         raise ValueError("--transitions must be positive")
-    config = factory_config(small, transitions=transitions, sac_steps=sac_steps)
+    widths = None
+    if sac_hidden is not None:
+        try:
+            widths = tuple(int(w) for w in sac_hidden.split(","))
+        except ValueError:
+            widths = ()
+        if not widths or min(widths) <= 0:
+            raise ValueError(f"--sac-hidden {sac_hidden!r} is not a list of positive widths: use e.g. 256,256")
+    config = factory_config(small, transitions=transitions, sac_steps=sac_steps, sac_hidden=widths)
     dataset_id = make_dataset(task, quality, config=config, seed=seed, device=device, overwrite=overwrite,
                               progress=progress, threads=threads, out_id=out_id)
     typer.echo(f"wrote {dataset_id}")

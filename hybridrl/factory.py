@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from hybridrl.control.evaluate import evaluate
 from hybridrl.control.scores import d4rl_reference
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.core.config import RunConfig
+from hybridrl.online.sac import SACConfig
 from hybridrl.runners import RESULTS, load_trained, run_online
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -56,6 +57,8 @@ class FactoryConfig:
     """Episodes per threshold check."""
     checkpoint_every: int = 10_000
     """SAC checkpoint cadence (an interrupted make resumes from the last one)."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """The behaviour policies' SAC (D4RL: the paper's defaults, 2x256 networks)."""
     preset: str = "full"
 
 
@@ -160,7 +163,7 @@ def train_behaviour(task: str, *, seed: int, config: FactoryConfig, until: str, 
                     eval_episodes=10, log_every=1000, checkpoint_every=config.checkpoint_every, progress=progress,
                     threads=threads)
     try:
-        run_online("sac", task, run, out_dir=run_dir, on_eval=on_eval)
+        run_online("sac", task, run, out_dir=run_dir, overrides=asdict(config.sac), on_eval=on_eval)
     except MediumReached:
         return home
     if not medium_path.exists():
@@ -248,9 +251,10 @@ def make_dataset(task: str, quality: str, *, config: FactoryConfig = FULL, seed:
     return ds_id
 
 
-def factory_config(small: bool, **overrides: Any) -> FactoryConfig:
-    """The preset with the given fields replaced (None values are ignored)."""
+def factory_config(small: bool, *, sac_hidden: tuple[int, ...] | None = None, **overrides: Any) -> FactoryConfig:
+    """The preset with the given fields (and the SAC's hidden widths) replaced; None values are ignored."""
     base = SMALL if small else FULL
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return config if sac_hidden is None else replace(config, sac=replace(config.sac, hidden=sac_hidden))
 
 

@@ -40,6 +40,8 @@ def test_unknown_task_and_quality(store):
     assert_one_line_error(invoke("data", "make", "pong", "random", "--small"), EXIT_BAD_INPUT, "unknown task 'pong'")
     assert_one_line_error(invoke("data", "make", "hopper", "legendary"), EXIT_BAD_INPUT,
                           "unknown quality 'legendary'", "available")
+    assert_one_line_error(invoke("data", "make", "hopper", "medium", "--sac-hidden", "256,wide"), EXIT_BAD_INPUT,
+                          "--sac-hidden '256,wide' is not a list of positive widths", "256,256")
 
 
 def test_bad_override(store):

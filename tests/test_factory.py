@@ -10,15 +10,17 @@ import time
 import minari
 import numpy as np
 import pytest
+import torch
 from _support import TINY_DATASET
 
 from hybridrl.control import datasets
 from hybridrl.factory import FactoryConfig, make_dataset, transitions_to_episodes
+from hybridrl.online.sac import SACConfig
 
 # A SAC run too short to learn (updates start after 5000 steps) but long enough to checkpoint;
 # a negative medium fraction makes the first threshold check pass.
 TINY = dict(transitions=300, sac_steps=1200, medium_fraction=-1.0, eval_every=400, threshold_episodes=1,
-            checkpoint_every=300, preset="test")
+            checkpoint_every=300, sac=SACConfig(hidden=(32, 32)), preset="test")
 
 
 def test_random_dataset_metadata(store):
@@ -54,6 +56,10 @@ def test_sac_qualities_share_one_behaviour_run(store, tmp_path, monkeypatch):
     # The replay buffer up to the first threshold check (step 400), cut into episodes.
     assert len(replay) == 400
     assert replay.metadata["hybridrl_medium_policy_steps"] == 400
+    # The behaviour SAC has the preset's widths, and the metadata says so.
+    assert list(replay.metadata["hybridrl_factory"]["sac"]["hidden"]) == [32, 32]
+    policy = torch.load(tmp_path / "home" / "policies" / "hopper-s0-test" / "medium.pt", weights_only=False)
+    assert policy["actor"]["net.0.weight"].shape[0] == 32
     assert (replay.terminals + replay.timeouts).sum() == len(replay.episode_returns)
     make_dataset("hopper", "medium-expert", config=config, device="cpu", progress=False)
     mixed = datasets.load("hybridrl/hopper/medium-expert-v0")
@@ -66,6 +72,7 @@ def test_sac_qualities_share_one_behaviour_run(store, tmp_path, monkeypatch):
 
 MAKE = textwrap.dedent("""
     from hybridrl.factory import FactoryConfig, make_dataset
+    from hybridrl.online.sac import SACConfig
     make_dataset("hopper", "expert", config=FactoryConfig(**{tiny!r}), device="cpu", progress=False)
 """)
 
