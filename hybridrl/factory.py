@@ -8,7 +8,7 @@ Qualities, after D4RL (Fu et al. 2020, section 5):
 - ``expert``: the SAC policy at the end of training;
 - ``medium-expert``: the medium and expert datasets concatenated.
 
-One SAC run per (task, seed, preset) serves medium, medium-replay and expert: when the medium
+One SAC run per (task, seed, recipe) serves medium, medium-replay and expert: when the medium
 threshold is crossed its policy and replay buffer are saved (``medium.pt``), and training goes on to
 the expert only when an expert dataset is asked for. Behaviour policies live under
 ``$HYBRIDRL_HOME/policies`` (default ``~/.hybridrl``) and are reused; an interrupted ``data make``
@@ -19,6 +19,8 @@ random and expert returns.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -89,8 +91,15 @@ def _check(task: str, quality: str) -> None:
         raise ValueError(f"unknown quality {quality!r}: available: {', '.join(QUALITIES)}")
 
 
+# The fields that decide what the behaviour policies are (the dataset size does not).
+_POLICY_FIELDS = ("sac_steps", "medium_fraction", "eval_every", "threshold_episodes", "sac")
+
+
 def policy_dir(task: str, seed: int, config: FactoryConfig) -> Path:
-    return hybridrl_home() / "policies" / f"{task}-s{seed}-{config.preset}"
+    """Where the SAC run for (task, seed, recipe) lives; another SAC config or step count gets its own."""
+    recipe = {name: value for name, value in asdict(config).items() if name in _POLICY_FIELDS}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+    return hybridrl_home() / "policies" / f"{task}-s{seed}-{config.preset}-{digest}"
 
 
 def transitions_to_episodes(obs, action, reward, next_obs, terminated) -> list[dict[str, np.ndarray]]:

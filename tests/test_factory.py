@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import minari
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from _support import TINY_DATASET
 
 from hybridrl.control import datasets
-from hybridrl.factory import FactoryConfig, make_dataset, transitions_to_episodes
+from hybridrl.factory import FactoryConfig, make_dataset, policy_dir, transitions_to_episodes
 from hybridrl.online.sac import SACConfig
 
 # A SAC run too short to learn (updates start after 5000 steps) but long enough to checkpoint;
@@ -58,7 +59,7 @@ def test_sac_qualities_share_one_behaviour_run(store, tmp_path, monkeypatch):
     assert replay.metadata["hybridrl_medium_policy_steps"] == 400
     # The behaviour SAC has the preset's widths, and the metadata says so.
     assert list(replay.metadata["hybridrl_factory"]["sac"]["hidden"]) == [32, 32]
-    policy = torch.load(tmp_path / "home" / "policies" / "hopper-s0-test" / "medium.pt", weights_only=False)
+    policy = torch.load(policy_dir("hopper", 0, config) / "medium.pt", weights_only=False)
     assert policy["actor"]["net.0.weight"].shape[0] == 32
     assert (replay.terminals + replay.timeouts).sum() == len(replay.episode_returns)
     make_dataset("hopper", "medium-expert", config=config, device="cpu", progress=False)
@@ -87,7 +88,8 @@ def test_interrupted_make_resumes_to_the_same_dataset(tmp_path):
 
     killed = env("killed")
     proc = subprocess.Popen([sys.executable, "-c", code], env=killed, stderr=subprocess.PIPE)
-    checkpoint = tmp_path / "killed" / "home" / "policies" / "hopper-s0-test" / "sac" / "checkpoint.pt"
+    policies = policy_dir("hopper", 0, FactoryConfig(**TINY)).name
+    checkpoint = tmp_path / "killed" / "home" / "policies" / policies / "sac" / "checkpoint.pt"
     deadline = time.time() + 120
     while not checkpoint.exists():
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -106,6 +108,16 @@ def test_interrupted_make_resumes_to_the_same_dataset(tmp_path):
     del os.environ["MINARI_DATASETS_PATH"]
     for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
         np.testing.assert_array_equal(getattr(loaded[0], key), getattr(loaded[1], key))
+
+
+def test_each_behaviour_recipe_has_its_own_policies(monkeypatch, tmp_path):
+    monkeypatch.setenv("HYBRIDRL_HOME", str(tmp_path))
+    config = FactoryConfig(**TINY)
+    assert policy_dir("hopper", 0, config) == policy_dir("hopper", 0, replace(config, transitions=5))
+    others = [replace(config, sac=SACConfig(hidden=(16, 16))), replace(config, sac_steps=2400),
+              replace(config, medium_fraction=0.5), replace(config, preset="small")]
+    dirs = {policy_dir("hopper", 0, c) for c in [config, *others]} | {policy_dir("hopper", 1, config)}
+    assert len(dirs) == 6 and all(d.parent == tmp_path / "policies" for d in dirs)
 
 
 def test_unknown_task_and_quality_in_the_library():
