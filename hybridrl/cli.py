@@ -84,14 +84,16 @@ def data_make(
 
     Behaviour policies are trained with SAC once and reused; an interrupted command resumes.
     """
+    from hybridrl.core.config import with_overrides
     from hybridrl.factory import factory_config, make_dataset
+    from hybridrl.online.sac import SACConfig
 
     if transitions is not None and transitions <= 0:
         raise ValueError("--transitions must be positive")
     widths = None
     if sac_hidden is not None:
-        try:
-            widths = tuple(int(w) for w in sac_hidden.split(","))
+        try:  # the same comma-list parsing as every config override
+            widths = with_overrides(SACConfig(), {"hidden": sac_hidden}).hidden
         except ValueError:
             widths = ()
         if not widths or min(widths) <= 0:
