@@ -23,8 +23,9 @@ class MetricsLogger:
     """Appends ``{step_key: ..., **metrics}`` lines to ``path`` (``step_key`` is "step" unless a loop
     counts something else, e.g. self-play's iterations).
 
-    On resume, ``truncate_after`` drops the lines written after the checkpoint's step (and any line
-    torn by a kill), so a run that was killed and resumed has exactly the lines of an uninterrupted one.
+    On resume, ``keep_lines`` keeps the first lines, the ones a checkpoint covers, and drops the rest
+    (and any line torn by a kill), so a run that was killed and resumed has exactly the lines of an
+    uninterrupted one. ``truncate_after`` does the same by step: it keeps the lines up to that step.
     """
 
     def __init__(
@@ -33,20 +34,29 @@ class MetricsLogger:
         *,
         tensorboard_dir: str | os.PathLike | None = None,
         truncate_after: int | None = None,
+        keep_lines: int | None = None,
         step_key: str = "step",
     ) -> None:
         self.path = Path(path)
         self.step_key = step_key
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if truncate_after is not None and self.path.exists():
+        self.rows = 0
+        if (truncate_after is not None or keep_lines is not None) and self.path.exists():
             kept = []
             for line in self.path.read_text().splitlines():
                 try:
-                    if json.loads(line)[step_key] <= truncate_after:
-                        kept.append(line)
+                    step = json.loads(line)[step_key]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line torn by a kill
+                if truncate_after is not None and step > truncate_after:
+                    continue
+                kept.append(line)
+            if keep_lines is not None:
+                kept = kept[:keep_lines]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            self.rows = len(kept)
+        elif self.path.exists():
+            self.rows = sum(1 for _ in self.path.open())
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard_dir is not None:
