@@ -15,7 +15,7 @@ import numpy as np
 from hybridrl.control.datasets import load
 from hybridrl.core.checkpoint import atomic_write_json
 from hybridrl.core.config import RunConfig
-from hybridrl.runners import run_offline, run_online
+from hybridrl.runners import run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         offline_run = RunConfig(steps=args.offline_steps, seed=seed, device=args.device, eval_every=0)
         online_run = RunConfig(steps=online_steps, seed=seed, device=args.device, eval_every=0)
-        offline = run_offline(args.algo, args.dataset, offline_run, out_dir=out / f"{args.algo}-s{seed}")
-        online = run_online("sac", task, online_run, out_dir=out / f"sac-s{seed}")
+        offline = run(args.algo, offline_run, dataset=args.dataset, out_dir=out / f"{args.algo}-s{seed}")
+        online = run("sac", online_run, env=task, out_dir=out / f"sac-s{seed}")
         scores[args.algo].append(offline["normalized_score"])
         scores["sac"].append(online["normalized_score"])
     rows = {name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "scores": v} for name, v in scores.items()}

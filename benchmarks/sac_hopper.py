@@ -17,7 +17,7 @@ from hybridrl.core.checkpoint import atomic_write_json
 from hybridrl.core.config import RunConfig
 from hybridrl.core.logging import read_metrics
 from hybridrl.core.seeding import resolve_device
-from hybridrl.runners import run_online
+from hybridrl.runners import run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["curves"] = {}
         for seed in args.seeds:
             run_dir = Path(args.out) / f"sac-s{seed}"
-            run = RunConfig(steps=args.steps, seed=seed, device=args.device, eval_every=args.eval_every)
-            final = run_online("sac", "hopper", run, out_dir=run_dir)
+            run_config = RunConfig(steps=args.steps, seed=seed, device=args.device, eval_every=args.eval_every)
+            final = run("sac", run_config, env="hopper", out_dir=run_dir)
             curve = [(row["step"], row["eval/return"]) for row in read_metrics(run_dir / "metrics.jsonl")
                      if "eval/return" in row]
             result["curves"][seed] = curve

@@ -6,12 +6,16 @@ problem and the fix, and a non-zero exit code (2 for bad input, 1 for a diverged
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
+import typer.core
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Offline, hybrid and preference-based policy optimization.")
@@ -20,6 +24,7 @@ app.add_typer(data_app, name="data")
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 1
+EXIT_INTERRUPTED = 130
 
 DEMO_TRANSITIONS = 20_000
 
@@ -32,10 +37,13 @@ def user_errors(fn):
         from hybridrl.bench.bundled import BundleError
         from hybridrl.control.datasets import DatasetError
         from hybridrl.factory import BehaviourPolicyError
-        from hybridrl.runners import DivergenceError, RunDirectoryError
+        from hybridrl.core.session import DivergenceError, Interrupted, RunDirectoryError
 
         try:
             return fn(*args, **kwargs)
+        except Interrupted as err:
+            typer.echo(f"{err}", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except (DivergenceError, BehaviourPolicyError, BundleError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(EXIT_DIVERGED) from None
@@ -137,81 +145,200 @@ def data_info(dataset_id: str, download: bool = False) -> None:
 
 
 @app.command("algos")
-def algos() -> None:
-    """List the registered RL methods."""
+@user_errors
+def algos(name: Annotated[str | None, typer.Argument(help="A method: show its hyperparameters.")] = None) -> None:
+    """List every registered method with its family, or one method's hyperparameters."""
     from hybridrl import registry
 
-    for spec in registry.load_all().values():
-        typer.echo(f"{spec.name:<8} {spec.family:<8} {spec.summary}")
+    if name is None:
+        methods = registry.load_all()
+        for family in registry.FAMILIES:
+            for spec in (s for s in methods.values() if s.family == family):
+                typer.echo(f"{spec.name:<12} {spec.family:<11} {spec.summary}")
+        typer.echo("\n`hybridrl algos NAME` shows a method's hyperparameters.")
+        return
+    from hybridrl.core.config import describe_fields
+
+    spec = registry.get(name)
+    typer.echo(f"{spec.name} ({spec.family}): {spec.summary}")
+    typer.echo(f"hyperparameters ({spec.config.__name__}; set with --NAME VALUE or --set NAME=VALUE):")
+    rows = describe_fields(spec.config())
+    width = max(len(field) for field, _, _ in rows)
+    for field, default, doc in rows:
+        typer.echo(f"  {field:<{width}}  {default:<10} {doc}")
 
 
-@app.command("train")
-@user_errors
-def train(
-    algo: Annotated[str, typer.Argument(help="Method name (see `hybridrl algos`).")],
-    dataset: Annotated[str | None, typer.Option(help="Minari dataset id (offline methods).")] = None,
-    env: Annotated[str | None, typer.Option(help="Task of online methods: hopper, walker2d, a Gymnasium id...")] = None,
-    steps: Annotated[int, typer.Option(help="Gradient updates.")] = 1_000_000,
-    seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/ALGO-DATASET-sSEED).")] = None,
-    eval_every: int = 5000,
-    eval_episodes: int = 10,
-    log_every: int = 1000,
-    checkpoint_every: int = 10_000,
-    param: Annotated[list[str] | None, typer.Option("--set", help="Override a hyperparameter: KEY=VALUE.")] = None,
-    download: Annotated[bool, typer.Option(help="Download the dataset from Minari's server if missing.")] = False,
-    tensorboard: bool = False,
-    progress: bool = True,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: one per core).")] = None,
-) -> None:
-    """Train a method (offline: --dataset; online: --env); rerunning the command resumes it."""
+class _MethodGroup(typer.core.TyperGroup):
+    """``hybridrl train NAME``: an unknown NAME gets the registry's one-line error, not click's usage box."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            from hybridrl import registry
+
+            try:
+                registry.get(args[0], families=registry.RL_FAMILIES)
+            except KeyError as err:
+                typer.echo(f"error: {err.args[0]}", err=True)
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            return super().resolve_command(ctx, [registry.get(args[0]).name, *args[1:]])
+        return super().resolve_command(ctx, args)
+
+
+train_app = typer.Typer(no_args_is_help=True, cls=_MethodGroup,
+                        help="Train an RL method; rerunning the same command resumes it.")
+app.add_typer(train_app, name="train")
+
+_RUN_INPUTS = ("dataset", "env", "eval_env", "out", "param", "download")
+
+
+def _option(name: str, help_text: str, annotation: Any, default: Any, *, shown: str | None = None,
+            metavar: str | None = None) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    decls = (flag,) if annotation is not bool else (f"{flag}/--no-{name.replace('_', '-')}",)
+    option = typer.Option(default, *decls, help=help_text, metavar=metavar,
+                          show_default=shown if shown is not None else annotation is bool)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
+
+
+def _metavar(annotation: Any) -> str:
+    """What a value of a config field looks like on the command line."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _metavar(args[0])
+    if origin is typing.Literal:
+        return "|".join(map(str, args))
+    if origin is tuple:
+        return "N,N,..."
+    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(annotation, "VALUE")
+
+
+def _config_options(config: Any, skip: set[str]) -> list[inspect.Parameter]:
+    """One option per field of a config dataclass: its docstring and default are the help text.
+
+    Values arrive as text and go through the one override parser (``core.config.with_overrides``),
+    which checks their types; flags (bool fields) are --NAME/--no-NAME.
+    """
+    import typing
+
+    from hybridrl.core.config import describe_fields
+
+    hints = typing.get_type_hints(type(config))
+    params = []
+    for field, default, doc in describe_fields(config):
+        if field in skip:
+            continue
+        if isinstance(getattr(config, field), bool):
+            params.append(_option(field, doc, bool, getattr(config, field)))
+        else:
+            params.append(_option(field, doc, Optional[str], None, shown=default,  # noqa: UP045
+                                  metavar=_metavar(hints[field])))
+    return params
+
+
+def _train_command(spec: Any) -> Callable[..., None]:
+    """``hybridrl train NAME``: the run options, the data and env inputs, and the method's hyperparameters."""
     from hybridrl.core.config import RunConfig
-    from hybridrl.runners import run_offline, run_online
 
-    run = RunConfig(steps=steps, seed=seed, device=device, eval_every=eval_every, eval_episodes=eval_episodes,
-                    log_every=log_every, checkpoint_every=checkpoint_every, tensorboard=tensorboard,
-                    progress=progress, threads=threads)
-    if (dataset is None) == (env is None):
-        raise ValueError("give exactly one of --dataset (offline methods) or --env (online methods)")
-    if dataset is not None:
-        result = run_offline(algo, dataset, run, out_dir=out, overrides=param or [], download=download)
-    else:
-        result = run_online(algo, env, run, out_dir=out, overrides=param or [])
-    score = result["normalized_score"]
-    typer.echo(f"{result['algo']} on {dataset or result['env_id']}: return {result['return_mean']:.1f}"
-               + (f", normalized score {score:.1f}" if score is not None else "") + f" ({result['out_dir']})")
+    run_defaults = RunConfig()
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    inputs = [
+        _option("dataset", "Minari dataset id (offline and hybrid methods; with an online method: hybrid "
+                "training on it).", Optional[str], None, metavar="ID"),  # noqa: UP045
+        _option("env", "Training env: a task (hopper, walker2d...) or a Gymnasium id (online and hybrid "
+                "methods; hybrid default: the env the dataset records).", Optional[str], None,  # noqa: UP045
+                metavar="ENV"),
+        _option("eval_env", "Evaluation env (default: the env the dataset records, else --env).",
+                Optional[str], None, metavar="ENV"),  # noqa: UP045
+        _option("out", "Run directory (default runs/METHOD-DATASET-sSEED).", Optional[Path], None,  # noqa: UP045
+                metavar="DIR"),
+        inspect.Parameter("param", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],  # noqa: UP045
+                          default=typer.Option(None, "--set", metavar="KEY=VALUE",
+                                               help="Override a hyperparameter (repeatable).")),
+        _option("download", "Download the dataset from Minari's server if it is missing.", bool, False),
+    ]
+    run_options = _config_options(run_defaults, skip=set())
+    method_options = _config_options(spec.config(), skip=run_fields | set(_RUN_INPUTS))
+    method_fields = [p.name for p in method_options]
+
+    @user_errors
+    def command(**kwargs: Any) -> None:
+        from hybridrl.core.config import from_dict, to_dict
+        from hybridrl.runners import run
+
+        given = {k: kwargs[k] for k in run_fields if kwargs.get(k) is not None}
+        run_config = from_dict(RunConfig, {**to_dict(run_defaults), **given})
+        overrides = {k: kwargs[k] for k in method_fields if kwargs.get(k) is not None
+                     and kwargs[k] != getattr(spec.config(), k)}
+        for item in kwargs["param"] or []:
+            if "=" not in item:
+                raise ValueError(f"--set {item!r} is not KEY=VALUE (e.g. --set batch_size=512)")
+            key, value = item.split("=", 1)
+            overrides[key.strip().replace("-", "_")] = value.strip()
+        result = run(spec.name, run_config, dataset=kwargs["dataset"], env=kwargs["env"],
+                     eval_env=kwargs["eval_env"], out_dir=kwargs["out"], overrides=overrides,
+                     download=kwargs["download"])
+        score = result["normalized_score"]
+        where = " + ".join(x for x in (result["dataset"], result["env"]) if x)
+        typer.echo(f"{result['algo']} on {where}: return {result['return_mean']:.1f}"
+                   + (f", normalized score {score:.1f}" if score is not None else "") + f" ({result['out_dir']})")
+
+    params = [*inputs, *run_options, *method_options]
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = f"{spec.summary}. Rerunning the same command resumes the run."
+    return command
+
+
+def _mount_train_commands() -> None:
+    from hybridrl import registry
+
+    for spec in registry.of_family(*registry.RL_FAMILIES).values():
+        train_app.command(spec.name, help=f"{spec.summary} ({spec.family}).")(_train_command(spec))
+
+
+_mount_train_commands()
 
 
 @app.command("eval")
 @user_errors
 def eval_run(
-    run_dir: Path,
-    episodes: int = 10,
-    seed: int = 20_000,
-    device: str = "auto",
+    run_dir: Annotated[Path, typer.Argument(help="The --out of a training run.")],
+    episodes: Annotated[int, typer.Option(help="Evaluation episodes.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the first episode (episode i uses SEED + i).")] = 20_000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Evaluate the last checkpoint of a run directory."""
+    """Evaluate the last checkpoint of a run directory in the env its run evaluated in."""
     import torch
 
     from hybridrl.control.evaluate import evaluate
     from hybridrl.control.scores import d4rl_reference
     from hybridrl.runners import load_trained
 
-    algo, config = load_trained(run_dir, device)
-    try:
-        from hybridrl.control.datasets import load
+    if episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {episodes}")
+    algo, record = load_trained(run_dir, device)
+    env = record["eval_env"]
+    ref = None
+    if record.get("dataset"):
+        from hybridrl.control.datasets import DatasetError, load
 
-        ref = load(config["dataset"]).ref_scores
-    except (ValueError, FileNotFoundError):
-        ref = d4rl_reference(config["env_id"])
+        try:
+            ref = load(record["dataset"]).ref_scores
+        except DatasetError:
+            ref = None
+    if ref is None:
+        ref = d4rl_reference(env if isinstance(env, str) else env.id)
     dev = next(iter(algo.actor.parameters())).device
 
     def act(obs):
-        return algo.act(torch.as_tensor(obs, device=dev)).cpu().numpy()
+        return algo.act(torch.as_tensor(obs, dtype=torch.float32, device=dev)).cpu().numpy()
 
-    result = evaluate(act, config["env_id"], episodes=episodes, seed=seed, ref_scores=ref)
-    line = f"{config['algo']} ({run_dir}): return {result.mean:.1f} ± {result.std:.1f}"
+    result = evaluate(act, env, episodes=episodes, seed=seed, ref_scores=ref)
+    line = f"{record['algo']} ({run_dir}): return {result.mean:.1f} ± {result.std:.1f}"
     if result.normalized_mean is not None:
         line += f", normalized {result.normalized_mean:.1f} ± {result.normalized_std:.1f}"
     typer.echo(line)
@@ -234,7 +361,7 @@ def demo(
     from hybridrl.core.config import RunConfig
     from hybridrl.factory import FactoryConfig, make_dataset
     from hybridrl.factory import dataset_id as factory_dataset_id
-    from hybridrl.runners import run_offline
+    from hybridrl.runners import run
 
     dataset_id = factory_dataset_id(task, "random")
     if dataset_id not in local_dataset_ids():
@@ -242,9 +369,9 @@ def demo(
         make_dataset(task, "random", config=FactoryConfig(transitions=transitions, preset="demo"), seed=seed)
     rows = []
     for algo, steps in (("bc", bc_steps), ("cql", cql_steps)):
-        run = RunConfig(steps=steps, seed=seed, device=device, eval_every=0, log_every=min(500, steps),
-                        checkpoint_every=max(steps // 4, 1), threads=threads)
-        result = run_offline(algo, dataset_id, run, out_dir=out / f"{algo}-s{seed}")
+        run_config = RunConfig(steps=steps, seed=seed, device=device, eval_every=0, log_every=min(500, steps),
+                               checkpoint_every=max(steps // 4, 1), threads=threads)
+        result = run(algo, run_config, dataset=dataset_id, out_dir=out / f"{algo}-s{seed}")
         rows.append((algo, steps, result))
     typer.echo(f"\n{'method':<8} {'updates':>8} {'return':>16} {'normalized score':>18}   ({dataset_id}, 10 episodes)")
     for algo, steps, result in rows:

@@ -37,7 +37,8 @@ from hybridrl.control.scores import d4rl_reference
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.core.config import RunConfig
 from hybridrl.online.sac import SACConfig
-from hybridrl.runners import RESULTS, load_trained, run_online
+from hybridrl import runners
+from hybridrl.runners import RESULTS, load_trained
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
 FACTORY_TASKS = ("hopper", "halfcheetah", "walker2d")
@@ -61,6 +62,10 @@ class FactoryConfig:
     """SAC checkpoint cadence (an interrupted make resumes from the last one)."""
     sac: SACConfig = field(default_factory=SACConfig)
     """The behaviour policies' SAC (D4RL: the paper's defaults, 2x256 networks)."""
+    sac_learning_starts: int = 5000
+    """Uniform-random steps before the SAC run's first update."""
+    sac_buffer_size: int = 1_000_000
+    """Replay capacity of the SAC run."""
     preset: str = "full"
 
 
@@ -98,6 +103,10 @@ _POLICY_FIELDS = ("sac_steps", "medium_fraction", "eval_every", "threshold_episo
 def policy_dir(task: str, seed: int, config: FactoryConfig) -> Path:
     """Where the SAC run for (task, seed, recipe) lives; another SAC config or step count gets its own."""
     recipe = {name: value for name, value in asdict(config).items() if name in _POLICY_FIELDS}
+    # These two run settings were fields of SACConfig when the first policies were hashed: keeping
+    # them inside "sac" keeps the directories of existing behaviour policies where they were.
+    recipe["sac"] = {**recipe["sac"], "learning_starts": config.sac_learning_starts,
+                     "buffer_size": config.sac_buffer_size}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
     return hybridrl_home() / "policies" / f"{task}-s{seed}-{config.preset}-{digest}"
 
@@ -170,9 +179,9 @@ def train_behaviour(task: str, *, seed: int, config: FactoryConfig, until: str, 
 
     run = RunConfig(steps=config.sac_steps, seed=seed, device=device, eval_every=config.eval_every,
                     eval_episodes=10, log_every=1000, checkpoint_every=config.checkpoint_every, progress=progress,
-                    threads=threads)
+                    threads=threads, learning_starts=config.sac_learning_starts, buffer_size=config.sac_buffer_size)
     try:
-        run_online("sac", task, run, out_dir=run_dir, overrides=asdict(config.sac), on_eval=on_eval)
+        runners.run("sac", run, env=task, out_dir=run_dir, overrides=asdict(config.sac), on_eval=on_eval)
     except MediumReached:
         return home
     if not medium_path.exists():

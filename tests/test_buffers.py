@@ -58,3 +58,18 @@ def test_rejects_wrong_row_shapes():
     data["actions"] = data["actions"][:, :1]
     with pytest.raises(ValueError, match="actions has rows of shape"):
         TransitionBuffer(3, 2, offline=data)
+
+
+def test_fractional_samples_are_mixed_batches_that_keep_offline_and_online_rows_apart():
+    from hybridrl.core.buffers import MixedBatch
+
+    offline = {"observations": np.zeros((10, 3)), "actions": np.zeros((10, 2)), "rewards": np.zeros(10),
+               "next_observations": np.zeros((10, 3)), "terminals": np.zeros(10)}
+    buffer = TransitionBuffer(3, 2, offline=offline, online_capacity=5)
+    for _ in range(5):
+        buffer.add(np.ones(3), np.ones(2), 1.0, np.ones(3), 0.0)
+    batch = buffer.sample(9, offline_fraction=1 / 3)
+    assert isinstance(batch, MixedBatch) and len(batch) == 9 and batch.offline_rows == 3
+    assert torch.equal(batch.offline.reward, torch.zeros(3)) and torch.equal(batch.online.reward, torch.ones(6))
+    assert batch.is_offline.tolist() == [True] * 3 + [False] * 6
+    assert torch.equal(batch.reward, torch.cat([batch.offline.reward, batch.online.reward]))

@@ -28,7 +28,9 @@ def assert_one_line_error(result, code, *fragments):
 
 def test_unknown_algorithm(store):
     result = invoke("train", "nope", "--dataset", TINY_DATASET)
-    assert_one_line_error(result, EXIT_BAD_INPUT, "unknown algorithm 'nope'", "available: bc, cql")
+    assert_one_line_error(result, EXIT_BAD_INPUT, "unknown method 'nope'", "hybridrl algos")
+    result = invoke("train", "cqll", "--dataset", TINY_DATASET)
+    assert_one_line_error(result, EXIT_BAD_INPUT, "did you mean cql")
 
 
 def test_unknown_dataset_id(store):

@@ -7,9 +7,13 @@ import torch
 
 from hybridrl.core.checkpoint import load_checkpoint
 from hybridrl.core.config import RunConfig
-from hybridrl.runners import run_online
+from hybridrl.runners import run
 
-TINY_SAC = {"hidden": "16,16", "batch_size": "32", "learning_starts": "50"}
+TINY_SAC = {"hidden": "16,16", "batch_size": "32"}
+
+
+def run_online(method, env, run_config, **kwargs):
+    return run(method, run_config, env=env, **kwargs)
 
 
 class Crash(Exception):
@@ -18,7 +22,7 @@ class Crash(Exception):
 
 def test_online_run_resumes_after_a_crash_to_identical_parameters(tmp_path):
     run = RunConfig(steps=300, seed=3, device="cpu", eval_every=60, eval_episodes=2, log_every=50,
-                    checkpoint_every=100, progress=False)
+                    checkpoint_every=100, progress=False, learning_starts=50)
     run_online("sac", "hopper", run, out_dir=tmp_path / "straight", overrides=TINY_SAC)
 
     def crash_after_first_checkpoint(step, algo, buffer):
@@ -46,7 +50,7 @@ def test_online_method_refuses_a_dataset_and_offline_refuses_an_env(tmp_path):
 
     from hybridrl.cli import app
 
-    result = CliRunner().invoke(app, ["train", "sac", "--dataset", "x/y/z-v0"])
+    result = CliRunner().invoke(app, ["train", "sac"])
     assert result.exit_code == 2 and "online method" in result.stderr
     result = CliRunner().invoke(app, ["train", "cql", "--env", "hopper"])
     assert result.exit_code == 2 and "offline method" in result.stderr

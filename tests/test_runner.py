@@ -12,10 +12,13 @@ import pytest
 import torch
 from _support import TINY_DATASET
 
+from hybridrl.control.evaluate import EvalResult
 from hybridrl.core.buffers import TransitionBuffer
 from hybridrl.core.checkpoint import load_checkpoint
 from hybridrl.core.config import RunConfig
-from hybridrl.runners import DivergenceError, RunDirectoryError, train_offline
+from hybridrl.core.plan import DataPlan
+from hybridrl.core.session import DivergenceError, RunDirectoryError, Session
+from hybridrl.runners import train
 
 TINY_CQL = ["--set", "hidden=16,16", "--set", "num_sampled_actions=2", "--set", "batch_size=32"]
 
@@ -94,6 +97,17 @@ def tiny_buffer():
     return TransitionBuffer(3, 2, offline=data)
 
 
+def fake_evaluate(act):
+    return EvalResult(returns=[1.0], lengths=[1], mean=1.0, std=0.0, normalized_mean=None, normalized_std=None)
+
+
+def train_offline(algo, buffer, run, out_dir, *, batch_size, config):
+    """The RL loop on an offline plan, with an evaluation that needs no env."""
+    session = Session(out_dir, config, total=run.steps, progress=False)
+    return train(algo, DataPlan("offline"), run, session, buffer=buffer, batch_size=batch_size,
+                 evaluate_fn=fake_evaluate)
+
+
 def test_nan_guard_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     run = RunConfig(steps=100, log_every=5, checkpoint_every=10, eval_every=0, progress=False)
     expected = r"diverged at step 25 \(loss is NaN/inf\).*last good checkpoint \(step 20\)"
@@ -112,7 +126,7 @@ def test_finished_run_is_not_rerun_and_other_runs_are_refused(tmp_path):
     again = ExplodingAlgo(nan_at=10**9)
     train_offline(again, tiny_buffer(), run, tmp_path, batch_size=4, config={"a": 1})
     assert again.steps == 0
-    with pytest.raises(RunDirectoryError, match="holds a different run"):
+    with pytest.raises(RunDirectoryError, match="holds another run"):
         train_offline(again, tiny_buffer(), run, tmp_path, batch_size=4, config={"a": 2})
 
 

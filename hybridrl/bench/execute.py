@@ -64,20 +64,20 @@ def _rl_scores(result: dict[str, Any]) -> dict[str, Any]:
 
 def run_offline_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
     from hybridrl.bench import bundled
-    from hybridrl.runners import run_offline
+    from hybridrl.runners import run
 
     if spec.dataset in bundled.DATASETS:
         bundled.install_datasets()
-    result = run_offline(spec.method, spec.dataset, _run_config(spec, device, threads), out_dir=run_dir,
-                         overrides=dict(spec.overrides))
+    result = run(spec.method, _run_config(spec, device, threads), dataset=spec.dataset, out_dir=run_dir,
+                 overrides=dict(spec.overrides))
     return _rl_scores(result)
 
 
 def run_online_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
-    from hybridrl.runners import run_online
+    from hybridrl.runners import run
 
-    result = run_online(spec.method, spec.dataset, _run_config(spec, device, threads), out_dir=run_dir,
-                        overrides=dict(spec.overrides))
+    result = run(spec.method, _run_config(spec, device, threads), env=spec.dataset, out_dir=run_dir,
+                 overrides=dict(spec.overrides))
     return _rl_scores(result)
 
 

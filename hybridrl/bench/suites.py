@@ -104,8 +104,7 @@ def _quick() -> list[RunSpec]:
     # Longest runs first so that two workers finish together.
     return [
         *grid("offline", ["cql"], [QUICK_DATASET], [0, 1], steps=1000, eval_every=500),
-        *grid("online", ["sac"], ["hopper"], [0], steps=15_000, eval_every=5000,
-              overrides={"learning_starts": 5000}),
+        *grid("online", ["sac"], ["hopper"], [0], steps=15_000, eval_every=5000),
         *grid("offline", ["bc"], [QUICK_DATASET], [0, 1], steps=5000, eval_every=1000),
         *preference,
         *grid("games", ["nash"], ["games-n10-beta0.1"], [0], steps=1000),

@@ -84,10 +84,11 @@ def hybridrl_update(method: str, data: dict[str, np.ndarray], device: torch.devi
     """One update of the registered method (its default config unless given), and that config."""
     from hybridrl import registry
     from hybridrl.core.buffers import TransitionBuffer
+    from hybridrl.core.context import BuildContext
 
     spec = registry.get(method)
     config = config or spec.config()
-    algo = spec.build(OBS_DIM, ACT_DIM, config, device)
+    algo = spec.build(config, BuildContext.of_sizes(OBS_DIM, ACT_DIM, device=torch.device(device)))
     buffer = TransitionBuffer(OBS_DIM, ACT_DIM, device=device, offline=data)
     return (lambda: algo.update(buffer.sample(config.batch_size))), config
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from hybridrl.core.context import OfflineView
 
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
 # D4RL's dictionary keys for the same fields.
@@ -42,7 +46,38 @@ class Batch:
         return Batch(*(torch.cat([getattr(first, f.name), getattr(second, f.name)]) for f in fields(Batch)))
 
 
-def _as_tensor(x, device: torch.device) -> torch.Tensor:
+@dataclass(frozen=True)
+class MixedBatch(Batch):
+    """A hybrid batch: its first ``offline_rows`` rows come from the dataset, the rest from the online ring.
+
+    It is a ``Batch`` (methods that treat all rows alike use it as one); methods that weigh the two
+    kinds differently (H2O) or need them apart read ``offline`` and ``online``, which are views.
+    """
+
+    offline_rows: int = 0
+
+    @property
+    def offline(self) -> Batch:
+        n = self.offline_rows
+        return Batch(*(getattr(self, name)[:n] for name in FIELDS))
+
+    @property
+    def online(self) -> Batch:
+        n = self.offline_rows
+        return Batch(*(getattr(self, name)[n:] for name in FIELDS))
+
+    @property
+    def is_offline(self) -> torch.Tensor:
+        """(B,) bool: which rows come from the dataset."""
+        mask = torch.zeros(len(self), dtype=torch.bool, device=self.obs.device)
+        mask[: self.offline_rows] = True
+        return mask
+
+
+def as_tensor(x, device: torch.device) -> torch.Tensor:
+    """float32 on ``device`` from an array, a tensor or a number."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=torch.float32)
     return torch.as_tensor(np.asarray(x), dtype=torch.float32).to(device)
 
 
@@ -52,20 +87,23 @@ class TransitionBuffer:
     Args:
         obs_dim, act_dim: sizes of one observation and one action.
         device: where the tensors live and batches are drawn.
-        offline: optional D4RL-style mapping (observations, actions, rewards, next_observations,
-            terminals) of numpy arrays; copied to ``device`` once.
+        offline: optional dataset: an ``OfflineView`` (its device tensors are used as they are) or a
+            D4RL-style mapping (observations, actions, rewards, next_observations, terminals) of
+            arrays, copied to ``device`` once.
         online_capacity: rows of the ring that ``add`` writes to (0: offline only).
         seed: seed of the sampling generator.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, device: torch.device | str = "cpu",
-                 offline: Mapping[str, np.ndarray] | None = None, online_capacity: int = 0,
+                 offline: Mapping[str, np.ndarray] | OfflineView | None = None, online_capacity: int = 0,
                  seed: int = 0) -> None:
         self.device = torch.device(device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         shapes = {"obs": (obs_dim,), "action": (act_dim,), "reward": (), "next_obs": (obs_dim,), "terminated": ()}
-        if offline is not None:
-            self.offline = {name: _as_tensor(offline[D4RL_KEYS[name]], self.device) for name in FIELDS}
+        if offline is not None and not isinstance(offline, Mapping):  # an OfflineView: shared, not copied
+            self.offline = {name: getattr(offline, name).to(self.device) for name in FIELDS}
+        elif offline is not None:
+            self.offline = {name: as_tensor(offline[D4RL_KEYS[name]], self.device) for name in FIELDS}
             for name, shape in shapes.items():
                 got = tuple(self.offline[name].shape[1:])
                 if got != shape:
@@ -92,7 +130,7 @@ class TransitionBuffer:
         if self.online_capacity == 0:
             raise RuntimeError("this buffer has no online part: build it with online_capacity > 0")
         values = dict(zip(FIELDS, (obs, action, reward, next_obs, terminated), strict=True))
-        rows = {name: _as_tensor(v, self.device).reshape(-1, *self.online[name].shape[1:])
+        rows = {name: as_tensor(v, self.device).reshape(-1, *self.online[name].shape[1:])
                 for name, v in values.items()}
         n = rows["obs"].shape[0]
         idx = (self._cursor + torch.arange(n, device=self.device)) % self.online_capacity
@@ -110,9 +148,10 @@ class TransitionBuffer:
     def sample(self, batch_size: int, *, offline_fraction: float | None = None) -> Batch:
         """Draw ``batch_size`` rows with replacement.
 
-        ``offline_fraction=None`` samples uniformly over all stored rows. A number in [0, 1] takes
-        exactly ``round(batch_size * offline_fraction)`` rows from the offline part and the rest
-        from the online ring (hybrid methods fix the mix this way, e.g. RLPD's 50/50).
+        ``offline_fraction=None`` samples uniformly over all stored rows (a ``Batch``). A number in
+        [0, 1] takes exactly ``round(batch_size * offline_fraction)`` rows from the offline part and
+        the rest from the online ring, as a ``MixedBatch`` with the offline rows first (hybrid
+        methods fix the mix this way, e.g. RLPD's 50/50).
         """
         if offline_fraction is None:
             if len(self) == 0:
@@ -141,7 +180,8 @@ class TransitionBuffer:
             parts.append(self._gather(self.offline, self._randint(self.offline_size, n_offline)))
         if n_online:
             parts.append(self._gather(self.online, self._randint(self.online_size, n_online)))
-        return parts[0] if len(parts) == 1 else Batch.concat(*parts)
+        rows = parts[0] if len(parts) == 1 else Batch.concat(*parts)
+        return MixedBatch(*(getattr(rows, name) for name in FIELDS), offline_rows=n_offline)
 
     def state_dict(self) -> dict:
         """The online ring and the sampler state; the offline part is reloaded from its dataset."""

@@ -20,20 +20,87 @@ class RunConfig:
     """How a training run is driven; the same for every RL method."""
 
     steps: int = 1_000_000
-    """Gradient updates (offline) or environment steps (online)."""
+    """Gradient updates (offline) or environment steps (online, hybrid)."""
     seed: int = 0
+    """Seeds the networks, the batch sampler, exploration and the training env's episodes."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     eval_every: int = 5000
     """Evaluate every this many steps (0: only at the end)."""
     eval_episodes: int = 10
+    """Episodes per evaluation."""
     log_every: int = 1000
+    """Steps between metric lines."""
     checkpoint_every: int = 10_000
+    """Steps between checkpoints (online and hybrid runs save at the first episode end after)."""
+    learning_starts: int = 5000
+    """Online and hybrid: environment steps of uniform-random actions before the first update."""
+    buffer_size: int = 1_000_000
+    """Online and hybrid: capacity of the replay ring (capped at ``steps``)."""
+    offline_fraction: float | None = None
+    """Hybrid: share of each batch from the dataset (None: the method's data plan; 0.5 for an online
+    method given a dataset, i.e. symmetric sampling)."""
+    updates_per_step: int | None = None
+    """Online and hybrid: updates per environment step (None: the method's data plan)."""
     tensorboard: bool = False
+    """Also write TensorBoard events (needs the tensorboard package)."""
     progress: bool = True
+    """Show a progress bar."""
     threads: int | None = None
     """torch's intra-op CPU threads for the run (None: torch's default, one per core). One thread is
     often faster for small networks, and much faster when other processes share the cores."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_episodes", "log_every", "checkpoint_every", "buffer_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_every", "learning_starts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if self.updates_per_step is not None and self.updates_per_step < 1:
+            raise ValueError(f"updates-per-step must be at least 1, got {self.updates_per_step}")
+        if self.offline_fraction is not None and not 0.0 <= self.offline_fraction <= 1.0:
+            raise ValueError(f"offline-fraction must be in [0, 1], got {self.offline_fraction}")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (its attribute docstrings), read from the source.
+
+    These are the texts users read in ``--help`` and ``hybridrl algos NAME``; a field without one
+    gets an empty string.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, following in zip(body, [*body[1:], None]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def describe_fields(config: Any) -> list[tuple[str, str, str]]:
+    """(name, default, docstring) of every field of a config instance, for help texts."""
+    docs = field_docs(type(config))
+    rows = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        rows.append((f.name, shown, docs[f.name]))
+    return rows
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import bc_mse_loss
 from hybridrl.core.nets import DeterministicActor
-from hybridrl.core.optim import adam
-from hybridrl.registry import AlgoSpec, register
+from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
+from hybridrl.registry import MethodSpec, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,39 +23,47 @@ class BCConfig:
     """BC hyperparameters (CORL any_percent_bc)."""
 
     lr: float = 3e-4
+    """Adam step size of the policy."""
     batch_size: int = 256
+    """Transitions per update."""
     hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the policy MLP."""
 
 
 class BC:
-    def __init__(self, obs_dim: int, act_dim: int, config: BCConfig = BCConfig(),
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, config: BCConfig, ctx: BuildContext) -> None:
         self.config = config
-        self.device = torch.device(device)
-        self.actor = DeterministicActor(obs_dim, act_dim, config.hidden).to(self.device)
-        self.optim = adam(self.actor.parameters(), lr=config.lr)
+        self.device = ctx.device
+        self.actor = DeterministicActor(ctx.obs_dim, ctx.act_dim, config.hidden).to(self.device)
+        self.optimizers = {"actor": adam(self.actor.parameters(), lr=config.lr)}
         self.steps = 0
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def param_groups(self) -> dict[str, list[torch.Tensor]]:
+        return {"actor": list(self.actor.parameters())}
+
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         loss = bc_mse_loss(self.actor(batch.obs), batch.action)
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optim.step()
+        return {"actor": loss}, {"loss/actor": loss.detach()}
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        terms, metrics = self.losses(batch)
+        apply_losses(terms, self.optimizers)
         self.steps += 1
-        return {"loss/actor": loss.detach()}
+        return metrics
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, *, deterministic: bool = True) -> torch.Tensor:
         return self.actor(obs)
 
     def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "optim": self.optim.state_dict(), "steps": self.steps}
+        return {"actor": self.actor.state_dict(), **optimizer_states(self.optimizers), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.actor.load_state_dict(state["actor"])
-        self.optim.load_state_dict(state["optim"])
+        load_optimizer_states(self.optimizers, state)
         self.steps = state["steps"]
 
 
-register(AlgoSpec(name="bc", family="offline", config=BCConfig, build=BC,
-                  summary="Behaviour cloning (deterministic, MSE)"))
+register(MethodSpec(name="bc", family="offline", config=BCConfig, build=BC,
+                    summary="Behaviour cloning: a deterministic policy regressed on the dataset's actions (MSE)",
+                    tiny={"hidden": (16, 16), "batch_size": 32}))

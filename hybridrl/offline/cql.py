@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import (
     clipped_double_q_target,
     cql_penalty,
@@ -40,8 +41,8 @@ from hybridrl.core.losses import (
     sac_temperature_loss,
 )
 from hybridrl.core.nets import EnsembleCritic, TanhGaussianActor, soft_update_
-from hybridrl.core.optim import adam
-from hybridrl.registry import AlgoSpec, register
+from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
+from hybridrl.registry import MethodSpec, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,12 +56,15 @@ class CQLConfig:
     alpha_lr: float = 1e-4
     """SAC temperature learning rate (official: the policy's)."""
     batch_size: int = 256
+    """Transitions per update."""
     gamma: float = 0.99
+    """Discount factor."""
     tau: float = 5e-3
     """Polyak rate of the target critics, updated every step."""
     hidden: tuple[int, ...] = (256, 256, 256)
     """Hidden sizes of actor and critics (3x256 in all reference implementations)."""
     num_critics: int = 2
+    """Q-functions in the ensemble; targets take their minimum."""
     cql_alpha: float = 10.0
     """Conservative weight (CORL's D4RL gym configs: 10 without Lagrange)."""
     num_sampled_actions: int = 10
@@ -72,9 +76,11 @@ class CQLConfig:
     lagrange_threshold: float = 10.0
     """Target gap tau of the Lagrange variant."""
     alpha_prime_lr: float = 3e-4
+    """Adam step size of the Lagrange weight alpha'."""
     target_entropy: float | None = None
-    """None: -|A| (SAC's heuristic)."""
+    """Entropy the SAC temperature steers to (None: -|A|, SAC's heuristic)."""
     initial_alpha: float = 1.0
+    """SAC temperature at the start."""
     backup_entropy: bool = False
     """Subtract alpha log pi(a'|s') in the TD target (off in the official D4RL runs)."""
     bc_steps: int = 0
@@ -121,24 +127,27 @@ def lagrange_loss(log_alpha_prime: torch.Tensor, gap: torch.Tensor, cql_alpha: f
 class CQL:
     """CQL(H) agent: tanh-Gaussian actor, critic ensemble, automatic entropy tuning."""
 
-    def __init__(self, obs_dim: int, act_dim: int, config: CQLConfig = CQLConfig(),
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, config: CQLConfig, ctx: BuildContext) -> None:
         self.config = config
-        self.device = torch.device(device)
-        self.act_dim = act_dim
-        self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden).to(self.device)
-        self.critic = EnsembleCritic(obs_dim, act_dim, config.hidden, config.num_critics).to(self.device)
+        self.device = ctx.device
+        self.act_dim = act_dim = ctx.act_dim
+        self.actor = TanhGaussianActor(ctx.obs_dim, act_dim, config.hidden).to(self.device)
+        self.critic = EnsembleCritic(ctx.obs_dim, act_dim, config.hidden, config.num_critics).to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.initial_alpha), device=self.device, requires_grad=True)
         self.log_alpha_prime = torch.zeros((), device=self.device, requires_grad=True)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
-        self.actor_optim = adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optim = adam(self.critic.parameters(), lr=config.critic_lr)
-        self.alpha_optim = adam([self.log_alpha], lr=config.alpha_lr)
-        self.alpha_prime_optim = adam([self.log_alpha_prime], lr=config.alpha_prime_lr)
+        self.optimizers = {"actor": adam(self.actor.parameters(), lr=config.actor_lr),
+                           "critic": adam(self.critic.parameters(), lr=config.critic_lr),
+                           "alpha": adam([self.log_alpha], lr=config.alpha_lr),
+                           "alpha_prime": adam([self.log_alpha_prime], lr=config.alpha_prime_lr)}
         # Uniform proposals on [-1, 1]^|A| have density 0.5^|A|.
         self.log_uniform_density = act_dim * math.log(0.5)
         self.steps = 0
+
+    def param_groups(self) -> dict[str, list[torch.Tensor]]:
+        return {"actor": list(self.actor.parameters()), "critic": list(self.critic.parameters()),
+                "alpha": [self.log_alpha], "alpha_prime": [self.log_alpha_prime]}
 
     def _proposals(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """3N proposal actions per state (K, B, A), their log densities (B, K), and the TD target."""
@@ -161,7 +170,7 @@ class CQL:
             ]).T
         return actions, log_densities, td_target
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         cfg = self.config
         b = len(batch)
         # Actor and temperature (SAC), with the critics' weights detached.
@@ -180,34 +189,29 @@ class CQL:
         obs_rows = batch.obs.unsqueeze(0).expand(k + 1, -1, -1).reshape((k + 1) * b, -1)
         q_all = self.critic(obs_rows, all_actions).view(-1, k + 1, b)
         q_data, q_proposals = q_all[:, 0], q_all[:, 1:].transpose(1, 2)
+        terms = {"actor": actor_loss, "alpha": alpha_loss}
         if cfg.lagrange:
             cql_weight = self.log_alpha_prime.exp().clamp(0.0, 1e6).detach() * cfg.cql_alpha
             critic_loss, gap, metrics = cql_critic_loss(q_data, q_proposals, log_densities, td_target,
                                                         cql_weight, cfg.temperature)
-            dual_loss = lagrange_loss(self.log_alpha_prime, gap, cfg.cql_alpha, cfg.lagrange_threshold)
+            terms["alpha_prime"] = lagrange_loss(self.log_alpha_prime, gap, cfg.cql_alpha, cfg.lagrange_threshold)
             metrics["alpha_prime"] = cql_weight / cfg.cql_alpha
         else:
             critic_loss, gap, metrics = cql_critic_loss(q_data, q_proposals, log_densities, td_target,
                                                         cfg.cql_alpha, cfg.temperature)
-            dual_loss = None
-
-        optims = [self.actor_optim, self.critic_optim, self.alpha_optim]
-        total = actor_loss + alpha_loss + critic_loss
-        if dual_loss is not None:
-            total = total + dual_loss
-            optims.append(self.alpha_prime_optim)
-        for optim in optims:
-            optim.zero_grad(set_to_none=True)
-        total.backward()
-        for optim in optims:
-            optim.step()
-        soft_update_(self.target_critic, self.critic, cfg.tau)
-        self.steps += 1
+        terms["critic"] = critic_loss
         metrics.update({
             "loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(),
             "loss/alpha": alpha_loss.detach(), "alpha": alpha, "entropy": -logp.detach().mean(),
             "q/data": q_data.detach().mean(), "q/target": td_target.mean(),
         })
+        return terms, metrics
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        terms, metrics = self.losses(batch)
+        apply_losses(terms, self.optimizers)
+        soft_update_(self.target_critic, self.critic, self.config.tau)
+        self.steps += 1
         return metrics
 
     @torch.no_grad()
@@ -224,8 +228,7 @@ class CQL:
             "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
             "target_critic": self.target_critic.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(), "log_alpha_prime": self.log_alpha_prime.detach().clone(),
-            "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
-            "alpha_optim": self.alpha_optim.state_dict(), "alpha_prime_optim": self.alpha_prime_optim.state_dict(),
+            **optimizer_states(self.optimizers),
             "steps": self.steps,
         }
 
@@ -236,10 +239,10 @@ class CQL:
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
             self.log_alpha_prime.copy_(state["log_alpha_prime"])
-        for name in ("actor_optim", "critic_optim", "alpha_optim", "alpha_prime_optim"):
-            getattr(self, name).load_state_dict(state[name])
+        load_optimizer_states(self.optimizers, state)
         self.steps = state["steps"]
 
 
-register(AlgoSpec(name="cql", family="offline", config=CQLConfig, build=CQL,
-                  summary="Conservative Q-Learning, CQL(H) on SAC (Kumar et al. 2020)"))
+register(MethodSpec(name="cql", family="offline", config=CQLConfig, build=CQL,
+                    summary="Conservative Q-Learning, CQL(H) on SAC (Kumar et al. 2020)",
+                    tiny={"hidden": (16, 16), "batch_size": 32, "num_sampled_actions": 3}))

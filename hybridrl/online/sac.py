@@ -5,8 +5,8 @@ Actor:    E_s[alpha log pi(a~|s) - min_i Q_i(s, a~)]
 Alpha:    -E[log alpha (log pi(a~|s) + H_target)],  H_target = -|A|
 
 Defaults are the paper's (v2, Table 1): Adam 3e-4 for all three, 2x256 networks, batch 256,
-gamma 0.99, tau 0.005, one update per environment step; the first ``learning_starts`` steps act
-uniformly at random (CleanRL's 5000).
+gamma 0.99, tau 0.005, one update per environment step; the run's first ``learning_starts`` steps
+act uniformly at random (CleanRL's 5000; a run setting, see ``RunConfig``).
 
 Deviations from the reference code:
 - All three losses are computed from the parameters before the step and applied in one backward
@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import clipped_double_q_target, critic_mse_loss, sac_actor_loss, sac_temperature_loss
 from hybridrl.core.nets import EnsembleCritic, TanhGaussianActor, soft_update_
-from hybridrl.core.optim import adam
-from hybridrl.registry import AlgoSpec, register
+from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
+from hybridrl.registry import MethodSpec, register
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,37 +36,46 @@ class SACConfig:
     """SAC hyperparameters (Haarnoja et al. 2018, v2 Table 1)."""
 
     actor_lr: float = 3e-4
+    """Adam step size of the policy."""
     critic_lr: float = 3e-4
+    """Adam step size of the Q-functions."""
     alpha_lr: float = 3e-4
+    """Adam step size of the temperature."""
     batch_size: int = 256
+    """Transitions per update."""
     gamma: float = 0.99
+    """Discount factor."""
     tau: float = 5e-3
+    """Polyak rate of the target critics, updated every step."""
     hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of actor and critics."""
     num_critics: int = 2
+    """Q-functions in the ensemble; targets take their minimum (clipped double Q)."""
     target_entropy: float | None = None
-    """None: -|A|."""
+    """Entropy the temperature steers to (None: -|A|)."""
     initial_alpha: float = 1.0
-    learning_starts: int = 5000
-    """Uniform-random steps before the first update (CleanRL's default)."""
-    buffer_size: int = 1_000_000
+    """Temperature at the start."""
 
 
 class SAC:
-    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig = SACConfig(),
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, config: SACConfig, ctx: BuildContext) -> None:
         self.config = config
-        self.device = torch.device(device)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden).to(self.device)
-        self.critic = EnsembleCritic(obs_dim, act_dim, config.hidden, config.num_critics).to(self.device)
+        self.device = ctx.device
+        self.actor = TanhGaussianActor(ctx.obs_dim, ctx.act_dim, config.hidden).to(self.device)
+        self.critic = EnsembleCritic(ctx.obs_dim, ctx.act_dim, config.hidden, config.num_critics).to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.initial_alpha), device=self.device, requires_grad=True)
-        self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
-        self.actor_optim = adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optim = adam(self.critic.parameters(), lr=config.critic_lr)
-        self.alpha_optim = adam([self.log_alpha], lr=config.alpha_lr)
+        self.target_entropy = -float(ctx.act_dim) if config.target_entropy is None else config.target_entropy
+        self.optimizers = {"actor": adam(self.actor.parameters(), lr=config.actor_lr),
+                           "critic": adam(self.critic.parameters(), lr=config.critic_lr),
+                           "alpha": adam([self.log_alpha], lr=config.alpha_lr)}
         self.steps = 0
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def param_groups(self) -> dict[str, list[torch.Tensor]]:
+        return {"actor": list(self.actor.parameters()), "critic": list(self.critic.parameters()),
+                "alpha": [self.log_alpha]}
+
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         cfg = self.config
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
@@ -77,18 +87,18 @@ class SAC:
         new_action, logp = self.actor(batch.obs)
         actor_loss = sac_actor_loss(logp, self.critic(batch.obs, new_action, detach_params=True), alpha)
         alpha_loss = sac_temperature_loss(self.log_alpha, logp, self.target_entropy)
+        terms = {"critic": critic_loss, "actor": actor_loss, "alpha": alpha_loss}
+        metrics = {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(),
+                   "loss/alpha": alpha_loss.detach(), "alpha": alpha, "entropy": -logp.detach().mean(),
+                   "q/data": q.detach().mean()}
+        return terms, metrics
 
-        optims = (self.actor_optim, self.critic_optim, self.alpha_optim)
-        for optim in optims:
-            optim.zero_grad(set_to_none=True)
-        (critic_loss + actor_loss + alpha_loss).backward()
-        for optim in optims:
-            optim.step()
-        soft_update_(self.target_critic, self.critic, cfg.tau)
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        terms, metrics = self.losses(batch)
+        apply_losses(terms, self.optimizers)
+        soft_update_(self.target_critic, self.critic, self.config.tau)
         self.steps += 1
-        return {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(),
-                "loss/alpha": alpha_loss.detach(), "alpha": alpha, "entropy": -logp.detach().mean(),
-                "q/data": q.detach().mean()}
+        return metrics
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, *, deterministic: bool = True) -> torch.Tensor:
@@ -98,8 +108,7 @@ class SAC:
         return {
             "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
             "target_critic": self.target_critic.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
-            "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
-            "alpha_optim": self.alpha_optim.state_dict(), "steps": self.steps,
+            **optimizer_states(self.optimizers), "steps": self.steps,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -108,10 +117,10 @@ class SAC:
         self.target_critic.load_state_dict(state["target_critic"])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        for name in ("actor_optim", "critic_optim", "alpha_optim"):
-            getattr(self, name).load_state_dict(state[name])
+        load_optimizer_states(self.optimizers, state)
         self.steps = state["steps"]
 
 
-register(AlgoSpec(name="sac", family="online", config=SACConfig, build=SAC,
-                  summary="Soft Actor-Critic with automatic temperature (Haarnoja et al. 2018)"))
+register(MethodSpec(name="sac", family="online", config=SACConfig, build=SAC,
+                    summary="Soft Actor-Critic with automatic temperature (Haarnoja et al. 2018)",
+                    tiny={"hidden": (16, 16), "batch_size": 32}))
