@@ -122,3 +122,29 @@ def test_corrupted_dataset_file_is_reported(store, tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="test/hopper/y-v0") as info:
         datasets.load("test/hopper/y-v0")
     assert "\n" not in str(info.value)
+
+
+def test_unknown_id_names_a_few_close_matches_not_the_whole_store(store, monkeypatch):
+    local = [f"hybridrl/{task}/{quality}-v{v}" for task in ("hopper", "walker2d", "halfcheetah", "ant")
+             for quality in ("random", "medium", "expert", "medium-replay", "medium-expert") for v in (0, 1)]
+    monkeypatch.setattr(datasets, "local_dataset_ids", lambda: local)
+    with pytest.raises(DatasetError, match="unknown dataset 'hybridrl/hopper/medum-v0'") as info:
+        datasets.load("hybridrl/hopper/medum-v0")
+    message = str(info.value)
+    assert "\n" not in message and "see `hybridrl data list`" in message and "hybridrl data make" in message
+    named = [name for name in local if name in message]
+    assert "hybridrl/hopper/medium-v0" in named and 1 <= len(named) <= 5
+    assert len(message) < 400
+
+
+def test_write_refuses_data_that_does_not_fit_its_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with pytest.raises(DatasetError, match="observations have 3 values but Hopper-v5's observation space has 11"):
+        datasets.write("test/hopper/small-v0", [make_episode(5, obs_dim=3, act_dim=3)], env_id="Hopper-v5",
+                       ref_min_score=0.0, ref_max_score=1.0, description="d", algorithm_name="a")
+    wide = make_episode(5, obs_dim=3, act_dim=1)
+    wide["actions"] = wide["actions"] * 3.0
+    with pytest.raises(DatasetError, match=r"outside the recorded action space \[-2, 2\]"):
+        datasets.write("test/pendulum/wide-v0", [wide], env_id="Pendulum-v1", ref_min_score=0.0, ref_max_score=1.0,
+                       description="d", algorithm_name="a")
+    assert datasets.local_dataset_ids() == []
