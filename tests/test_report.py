@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from hybridrl.bench import report as report_mod
-from hybridrl.bench.report import build_report
+from hybridrl.bench.report import SECTIONS, aggregates, build_report
+from hybridrl.bench.suites import KINDS
 
 pytest.importorskip("matplotlib")
 
@@ -21,7 +22,7 @@ pytest.importorskip("matplotlib")
 @pytest.fixture(autouse=True)
 def _few_resamples(monkeypatch):
     """200 bootstrap resamples instead of 2000: the intervals stay well defined, the tests stay fast."""
-    monkeypatch.setattr(report_mod, "BOOTSTRAP_REPS", 200)
+    monkeypatch.setattr(aggregates, "BOOTSTRAP_REPS", 200)
 
 # A 2 methods x 2 datasets x 3 seeds grid; each normalized score is listed so the expected means are
 # computed by hand below, not by the code under test.
@@ -295,6 +296,20 @@ def test_custom_out_dir_and_missing_runs_dir(tmp_path):
         build_report(tmp_path / "nope")
 
 
-def test_report_module_imports_no_plotting_library_at_import():
-    source = Path(report_mod.__file__).read_text()
-    assert not re.search(r"^(import|from) (matplotlib|rliable)", source, re.MULTILINE)
+def test_report_modules_import_no_plotting_library_at_import():
+    sources = sorted(Path(report_mod.__file__).parent.glob("*.py"))
+    assert len(sources) > 1
+    for source in sources:
+        assert not re.search(r"^(import|from) (matplotlib|rliable)", source.read_text(), re.MULTILINE), source
+
+
+def test_every_run_kind_has_a_section():
+    assert set(SECTIONS) == set(KINDS)
+
+
+def test_the_gap_plot_exists_once():
+    # `hybridrl pref games` draws with the report's plot: no preference module imports matplotlib.
+    import hybridrl.preference
+
+    for source in Path(hybridrl.preference.__file__).parent.rglob("*.py"):
+        assert not re.search(r"^\s*(import|from) matplotlib", source.read_text(), re.MULTILINE), source

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,37 @@ class MetricsLogger:
         self.close()
 
 
+_TORN = object()  # marks a line that is not JSON
+
+
+def _metric_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """``(1-based line number, parsed value or _TORN)`` for every non-blank line of a metrics file."""
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError:
+            yield number, _TORN
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a metrics file, skipping a last line torn by a kill."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return [row for _, row in _metric_lines(path) if row is not _TORN]
+
+
+def read_metrics_checked(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[int]]:
+    """Read a metrics file that may be damaged anywhere, not only in its last line.
+
+    Returns the rows that parse as JSON objects, and the 1-based numbers of the non-blank lines that
+    do not (torn lines, or JSON that is not an object), so a reader can say which lines it skipped.
+    Raises ``OSError`` or ``UnicodeDecodeError`` when the file cannot be read.
+    """
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
+    for number, row in _metric_lines(path):
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(number)
+    return rows, bad
