@@ -49,13 +49,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridrl.preference.games import (
-    WIN_RATE_LIPSCHITZ,
-    _as_batch,
-    _check_beta,
-    _sampled_win_rate,
-    _win_rates,
-)
+from hybridrl.preference.games_core import WIN_RATE_LIPSCHITZ, _as_batch, _check_beta, _win_rates
+from hybridrl.preference.games_solvers import _sampled_win_rate
 
 __all__ = ["NEURAL_METHODS", "BatchedMLPPolicy", "online_ipo1_loss", "online_ipo2_loss", "solve_neural"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridrl.preference import games
+from hybridrl.preference import games_equilibrium, games_solvers
 from hybridrl.preference.games import (
     METHODS,
     PreferenceGame,
@@ -80,6 +80,34 @@ def test_regularized_nash_tends_to_the_reference_as_beta_grows() -> None:
     assert distances[2] < 1e-6
     # log pi* - log ref = P pi* / beta + c, so the distance shrinks like 1 / beta.
     assert distances[0] / distances[1] == pytest.approx(100, rel=0.05)
+
+
+def test_the_convergence_check_accepts_rounding_and_refuses_real_errors_at_large_beta() -> None:
+    game = PreferenceGame.random(8, seed=3)
+    P, reference = torch.tensor(game.P)[None], torch.tensor(game.reference)[None]
+    beta = 1e4
+    equilibrium = regularized_nash_batched(P, reference, beta)
+    # A softmax whose normalizer is summed in another order (another SIMD width) scales every entry
+    # by the same 1 + O(n eps); the gap 2 beta KL then moves by about 2 beta x that mass error.
+    eps = torch.finfo(torch.float64).eps
+    rounded = equilibrium * (1 + 4 * eps)
+    assert duality_gap_batched(P, reference, rounded, beta).item() > 1e-12  # above an absolute 1e-12
+    games_equilibrium._check_equilibrium(P, reference, rounded, beta, max_iter=100)
+    # An error of 1e-6 in two probabilities is no rounding: it must still be refused.
+    off = equilibrium.clone()
+    off[0, 0] += 1e-6
+    off[0, 1] -= 1e-6
+    with pytest.raises(RuntimeError, match="did not converge"):
+        games_equilibrium._check_equilibrium(P, reference, off, beta, max_iter=100)
+
+
+@pytest.mark.parametrize("n, seed", [(3, 0), (5, 1), (8, 3), (10, 2)])
+def test_regularized_nash_converges_at_very_large_beta(n: int, seed: int) -> None:
+    # At beta 1e6 the gap's rounding floor (~2 beta eps) is far above any absolute tolerance.
+    game = PreferenceGame.random(n, seed=seed)
+    equilibrium = regularized_nash(game, 1e6)
+    # log pi* - log ref = P pi* / beta + c moves each log-probability by at most 1 / beta.
+    np.testing.assert_allclose(equilibrium, game.reference, rtol=2e-6, atol=0)
 
 
 @pytest.mark.parametrize("beta", [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0])
@@ -339,8 +367,15 @@ def test_default_step_sizes() -> None:
     assert default_lr("nash_mp", 0.1, 10) == 2.0
     assert default_lr("egpo", 0.1, 10) == pytest.approx(1 / 0.6)
     assert default_lr("inpo", 0.1, 10) == pytest.approx(0.1 / 0.26)
-    with pytest.raises(ValueError, match="valid methods"):
+    assert default_lr("online_ipo", 0.1, 10) == pytest.approx(10 * 0.1 / 0.26)
+    assert default_lr("nash_md", 0.1, 10) == pytest.approx(10.0)
+    assert default_lr("sppo", 0.0, 10) == 0.5
+    with pytest.raises(ValueError, match="valid methods: nash_mp, egpo, nash_md, inpo, sppo, online_ipo"):
         default_lr("mwu", 0.1, 10)
+    # One table: every method has its step and a step-size rule whose docstring says where it comes from.
+    assert tuple(games_solvers.SOLVERS) == METHODS
+    for solver in games_solvers.SOLVERS.values():
+        assert solver.default_lr.__doc__ and "\n" not in solver.default_lr.__doc__.strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,7 +389,7 @@ def test_sampled_win_rates_are_unbiased() -> None:
         torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), -1
     )
     generator = torch.Generator().manual_seed(1)
-    estimate = games._sampled_win_rate(P, 23, generator)  # uneven split: 5, 5, 5, 4, 4 queries
+    estimate = games_solvers._sampled_win_rate(P, 23, generator)  # uneven split: 5, 5, 5, 4, 4 queries
     mean = torch.stack([estimate(opponent) for _ in range(4000)]).mean(0)
     torch.testing.assert_close(mean, torch.einsum("gij,gj->gi", P, opponent), atol=0.01, rtol=0)
 
