@@ -13,11 +13,8 @@ One import for the three parts, each a module of one concern:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from hybridrl.core.checkpoint import atomic_write_json
 from hybridrl.preference.games_core import WIN_RATE_LIPSCHITZ, PreferenceGame, random_games
 from hybridrl.preference.games_equilibrium import (
     duality_gap,
@@ -60,61 +57,23 @@ __all__ = [
 GAP_FLOOR = 1e-17  # gaps are plotted above this (exact zeros after rounding)
 
 
-def plot_gap_curves(
-    methods: list[str] | tuple[str, ...] = ("nash_mp", "egpo", "nash_md", "inpo", "online_ipo", "sppo"),
-    n: int = 10,
-    beta: float = 0.1,
-    iterations: int = 3000,
-    samples: int | None = None,
-    seed: int = 0,
-    out_path: str | Path = "nash_games.png",
-    num_games: int = 10,
-    device: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """Plot duality gap vs iteration (log y) for ``methods`` on ``num_games`` random games.
+def gap_bands(curves: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
+    """The median, min and max over games of each method's gap, at every iteration.
 
-    Behind ``hybridrl pref games``; needs matplotlib (``pip install 'hybridrl[bench]'``).
+    Args:
+        curves: ``{method: (iterations + 1, num_games) array of gaps}``, as :func:`gap_curves` returns.
 
-    Writes ``out_path`` (PNG) and the same name with ``.json`` (per-method final gaps). ``sppo`` is
-    scored on the unregularized game. Returns ``{method: {"gap_final_median", "gap_final_max"}}``.
+    Returns:
+        ``{method: {"iterations", "median", "min", "max"}}``: the layout of a games run's
+        ``gap_curves`` with the extremes in place of the quartiles, which ``hybridrl pref games``
+        draws with the report's gap plot.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    curves = gap_curves(
-        list(methods),
-        n=n,
-        beta=beta,
-        iterations=iterations,
-        samples=samples,
-        seed=seed,
-        num_games=num_games,
-        device=device,
-    )
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    for method, gaps in curves.items():
-        gaps = np.maximum(gaps, GAP_FLOOR)
-        label = f"{method} (beta=0 gap)" if method == "sppo" else method
-        (line,) = ax.plot(np.median(gaps, axis=1), label=label)
-        ax.fill_between(
-            np.arange(gaps.shape[0]), gaps.min(1), gaps.max(1), alpha=0.12, color=line.get_color()
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(f"duality gap (median, min-max over {num_games} games)")
-    kind = "exact preferences" if samples is None else f"{samples} samples per estimate"
-    ax.set_title(f"n={n}, beta={beta}, {kind}, seed={seed}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    summary = {
-        method: {"gap_final_median": float(np.median(gaps[-1])), "gap_final_max": float(gaps[-1].max())}
+    return {
+        method: {
+            "iterations": list(range(gaps.shape[0])),
+            "median": np.median(gaps, axis=1).tolist(),
+            "min": gaps.min(1).tolist(),
+            "max": gaps.max(1).tolist(),
+        }
         for method, gaps in curves.items()
     }
-    atomic_write_json(out_path.with_suffix(".json"), summary)
-    return summary
