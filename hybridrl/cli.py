@@ -151,21 +151,21 @@ def algos(name: Annotated[str | None, typer.Argument(help="A method: show its hy
     from hybridrl import registry
 
     if name is None:
-        methods = registry.load_all()
-        for family in registry.FAMILIES:
-            for spec in (s for s in methods.values() if s.family == family):
-                typer.echo(f"{spec.name:<12} {spec.family:<11} {spec.summary}")
+        for spec in registry.load_all():
+            typer.echo(f"{spec.name:<12} {spec.family:<11} {spec.summary}")
         typer.echo("\n`hybridrl algos NAME` shows a method's hyperparameters.")
         return
     from hybridrl.core.config import describe_fields
 
-    spec = registry.get(name)
-    typer.echo(f"{spec.name} ({spec.family}): {spec.summary}")
-    typer.echo(f"hyperparameters ({spec.config.__name__}; set with --NAME VALUE or --set NAME=VALUE):")
-    rows = describe_fields(spec.config())
-    width = max(len(field) for field, _, _ in rows)
-    for field, default, doc in rows:
-        typer.echo(f"  {field:<{width}}  {default:<10} {doc}")
+    specs = registry.find(name) or [registry.get(name)]  # get() explains an unknown name
+    for spec in specs:
+        typer.echo(f"{spec.name} ({spec.family}): {spec.summary}")
+        typer.echo(f"hyperparameters ({spec.config.__name__}; {_SET_HINT[spec.family]}):")
+        rows = describe_fields(spec.default_config())
+        width = max(len(field) for field, _, _ in rows)
+        shown = max(len(default) for _, default, _ in rows)
+        for field, default, doc in rows:
+            typer.echo(f"  {field:<{width}}  {default:<{shown}}  {doc}")
 
 
 class _MethodGroup(typer.core.TyperGroup):
@@ -180,9 +180,17 @@ class _MethodGroup(typer.core.TyperGroup):
             except KeyError as err:
                 typer.echo(f"error: {err.args[0]}", err=True)
                 raise typer.Exit(EXIT_BAD_INPUT) from None
-            return super().resolve_command(ctx, [registry.get(args[0]).name, *args[1:]])
+            name = registry.get(args[0], families=registry.RL_FAMILIES).name
+            return super().resolve_command(ctx, [name, *args[1:]])
         return super().resolve_command(ctx, args)
 
+
+_SET_HINT = {
+    "offline": "hybridrl train NAME --FIELD VALUE", "online": "hybridrl train NAME --FIELD VALUE",
+    "hybrid": "hybridrl train NAME --FIELD VALUE", "preference": "hybridrl pref train NAME --FIELD VALUE",
+    "selfplay": "hybridrl pref selfplay NAME --param FIELD=VALUE", "games": "hybridrl pref games --method NAME",
+}
+"""How a user sets a family's hyperparameters on the command line."""
 
 train_app = typer.Typer(no_args_is_help=True, cls=_MethodGroup,
                         help="Train an RL method; rerunning the same command resumes it.")
@@ -261,7 +269,7 @@ def _train_command(spec: Any) -> Callable[..., None]:
         _option("download", "Download the dataset from Minari's server if it is missing.", bool, False),
     ]
     run_options = _config_options(run_defaults, skip=set())
-    method_options = _config_options(spec.config(), skip=run_fields | set(_RUN_INPUTS))
+    method_options = _config_options(spec.default_config(), skip=run_fields | set(_RUN_INPUTS))
     method_fields = [p.name for p in method_options]
 
     @user_errors
@@ -272,7 +280,7 @@ def _train_command(spec: Any) -> Callable[..., None]:
         given = {k: kwargs[k] for k in run_fields if kwargs.get(k) is not None}
         run_config = from_dict(RunConfig, {**to_dict(run_defaults), **given})
         overrides = {k: kwargs[k] for k in method_fields if kwargs.get(k) is not None
-                     and kwargs[k] != getattr(spec.config(), k)}
+                     and kwargs[k] != getattr(spec.default_config(), k)}
         for item in kwargs["param"] or []:
             if "=" not in item:
                 raise ValueError(f"--set {item!r} is not KEY=VALUE (e.g. --set batch_size=512)")

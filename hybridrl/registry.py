@@ -68,8 +68,11 @@ class MethodSpec:
     """One line: what the method is and its paper."""
     build: Callable[[Any, BuildContext], Algorithm] | None = None
     """RL families: ``build(config, ctx)``."""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """The method's own settings of a config class it shares (IPO is the pairwise config with
+    ``loss_type="ipo"``); empty when the class's defaults are the method's."""
     tiny: Mapping[str, Any] = field(default_factory=dict)
-    """Overrides of ``config`` that make a tiny, fast instance (smoke and isolation tests)."""
+    """Overrides of the defaults that make a tiny, fast instance (smoke and isolation tests)."""
     plan: Callable[[Any], DataPlan] | None = None
     """RL families: the data plan for a config (default: the family's: offline, online or hybrid)."""
     loop: Callable[..., Any] | None = None
@@ -83,19 +86,28 @@ class MethodSpec:
             raise ValueError(f"{self.name} is a {self.family} method: it has no RL data plan")
         return DataPlan(self.family)
 
+    def default_config(self) -> Any:
+        """The method's config with its defaults (the paper's)."""
+        from hybridrl.core.config import with_overrides
+
+        return with_overrides(self.config(), dict(self.defaults))
+
     def tiny_config(self) -> Any:
         from hybridrl.core.config import with_overrides
 
-        return with_overrides(self.config(), dict(self.tiny))
+        return with_overrides(self.default_config(), dict(self.tiny))
 
 
-METHODS: dict[str, MethodSpec] = {}
+METHODS: dict[tuple[Family, str], MethodSpec] = {}
+"""(family, name) -> spec: a self-play method and its tabular-game form share a name."""
 
 # Explicit list, no package scanning: a new method adds its module here.
 _MODULES = (
     "hybridrl.offline.bc",
     "hybridrl.offline.cql",
     "hybridrl.online.sac",
+    "hybridrl.preference.losses",
+    "hybridrl.preference.selfplay_methods",
 )
 
 
@@ -104,31 +116,45 @@ def register(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"{spec.name}: unknown family {spec.family!r}; families: {', '.join(FAMILIES)}")
     if spec.family in RL_FAMILIES and spec.build is None:
         raise ValueError(f"{spec.name}: an {spec.family} method needs build(config, ctx)")
-    if spec.name in METHODS and METHODS[spec.name] is not spec:
-        raise ValueError(f"method {spec.name!r} is registered twice")
-    METHODS[spec.name] = spec
+    key = (spec.family, spec.name)
+    if key in METHODS and METHODS[key] is not spec:
+        raise ValueError(f"{spec.family} method {spec.name!r} is registered twice")
+    METHODS[key] = spec
     return spec
 
 
-def load_all() -> dict[str, MethodSpec]:
+def load_all() -> list[MethodSpec]:
+    """Every registered method, family by family in the order of ``FAMILIES``."""
     for module in _MODULES:
         importlib.import_module(module)
-    return METHODS
+    return sorted(METHODS.values(), key=lambda spec: (FAMILIES.index(spec.family), spec.name))
 
 
 def of_family(*families: Family) -> dict[str, MethodSpec]:
-    """The registered methods of the given families, by name."""
-    return {name: spec for name, spec in load_all().items() if spec.family in families}
+    """The registered methods of the given families, by name (names are unique within a family)."""
+    return {spec.name: spec for spec in load_all() if spec.family in families}
+
+
+def find(name: str) -> list[MethodSpec]:
+    """Every method called ``name`` (dashes and case ignored), of any family."""
+    key = name.lower().replace("-", "_")
+    return [spec for spec in load_all() if spec.name == key]
 
 
 def get(name: str, *, families: tuple[Family, ...] | None = None) -> MethodSpec:
-    """The method called ``name`` (dashes and case ignored), optionally of one of ``families``."""
+    """The method called ``name`` (dashes and case ignored), optionally of one of ``families``.
+
+    A name that two families share (a self-play method and its tabular form) needs ``families``.
+    """
     import difflib
 
-    methods = load_all() if families is None else of_family(*families)
-    key = name.lower().replace("-", "_")
-    if key not in methods:
-        close = difflib.get_close_matches(key, list(methods), n=5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise KeyError(f"unknown method {name!r}: {hint}see `hybridrl algos` for the list")
-    return methods[key]
+    matches = [spec for spec in find(name) if families is None or spec.family in families]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        kinds = " and ".join(spec.family for spec in matches)
+        raise KeyError(f"{name!r} names a {kinds} method: say which family")
+    names = sorted({spec.name for spec in load_all() if families is None or spec.family in families})
+    close = difflib.get_close_matches(name.lower().replace("-", "_"), names, n=5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise KeyError(f"unknown method {name!r}: {hint}see `hybridrl algos` for the list")

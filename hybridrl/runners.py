@@ -262,15 +262,18 @@ def prepare(method: str, run: RunConfig, *, dataset: str | None = None, env: str
     from hybridrl.control.scores import d4rl_reference
 
     spec = registry.get(method, families=registry.RL_FAMILIES)
-    algo_config = with_overrides(spec.config(), overrides or [])
+    algo_config = with_overrides(spec.default_config(), overrides or [])
     plan = _plan_for(spec, algo_config, run, dataset=dataset, env=env)
     device = resolve_device(run.device)
     data = datasets.load(dataset, download=download) if dataset is not None else None
-    recorded = None if data is None else (getattr(data, "env_spec", None) or data.env_id)
+    # the env (with its kwargs and time limit) the dataset was collected in, and the one it names
+    # for evaluation (Minari's env_spec and eval_env_spec; the same unless the dataset says otherwise)
+    recorded = None if data is None else data.env_spec
+    recorded_eval = None if data is None else data.eval_env_spec
     train_env = (env_id_for(env) if env is not None else recorded) if plan.uses_env else None
     if plan.uses_env and train_env is None:
         raise ValueError(f"dataset {dataset!r} records no environment: give the training env with --env")
-    evaluation = env_id_for(eval_env) if eval_env is not None else (recorded or train_env)
+    evaluation = env_id_for(eval_env) if eval_env is not None else (recorded_eval or train_env)
     if evaluation is None:
         raise datasets.DatasetError(f"dataset {dataset!r} records no environment: evaluate in one with --eval-env")
     probe = make_env(train_env if train_env is not None else evaluation)

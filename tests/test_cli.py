@@ -161,3 +161,33 @@ def test_demo_prints_a_score_table(store, tmp_path):
     assert result.exit_code == 0, result.output
     table = result.output.split("normalized score")[1]
     assert "bc" in table and "cql" in table
+
+
+def test_algos_lists_every_registered_method_with_its_family():
+    from hybridrl import registry
+
+    result = invoke("algos")
+    assert result.exit_code == 0
+    rows = {tuple(line.split()[:2]) for line in result.stdout.splitlines() if line.strip()}
+    for spec in registry.load_all():
+        assert (spec.name, spec.family) in rows
+    assert {spec.family for spec in registry.load_all()} >= {"offline", "online", "preference", "selfplay"}
+
+
+def test_algos_name_and_train_help_show_every_hyperparameter_with_default_and_docstring():
+    import dataclasses
+
+    from hybridrl.core.config import describe_fields, field_docs
+    from hybridrl.offline.cql import CQLConfig
+
+    docs = field_docs(CQLConfig)
+    assert all(docs.values()), [k for k, v in docs.items() if not v]  # every field documented
+    shown = invoke("algos", "cql").stdout
+    for name, default, doc in describe_fields(CQLConfig()):
+        line = next(row for row in shown.splitlines() if row.split() and row.split()[0] == name)
+        assert line.split()[1] == default and doc in line
+    helped = " ".join(runner.invoke(app, ["train", "cql", "--help"], env={"COLUMNS": "400"}).stdout.split())
+    for field in dataclasses.fields(CQLConfig):
+        assert "--" + field.name.replace("_", "-") in helped
+        assert " ".join(docs[field.name].split()[:4]) in helped
+    assert "--steps" in helped and "Gradient updates (offline)" in helped

@@ -173,3 +173,30 @@ def test_observation_check_is_skipped_for_an_env_gymnasium_does_not_know(tmp_pat
     data = datasets.load("test/elsewhere/x-v0")
     assert data.env_spec == EnvSpec("Elsewhere-v0", {}, 10) and data.obs_dim == 6
     assert np.abs(data.actions).max() <= 1.0
+
+
+def test_a_training_run_evaluates_in_the_recorded_env_with_its_time_limit(pendulum, tmp_path):
+    from hybridrl.core.config import RunConfig
+    from hybridrl.runners import load_trained, run
+
+    config = RunConfig(steps=4, eval_every=0, eval_episodes=2, log_every=2, checkpoint_every=2, progress=False,
+                       device="cpu")
+    result = run("bc", config, dataset=PENDULUM, out_dir=tmp_path / "bc", overrides={"hidden": "8", "batch_size": "8"})
+    assert result["eval"]["lengths"] == [30, 30]  # Pendulum-v1's own limit is 200
+    algo, record = load_trained(tmp_path / "bc")
+    assert record["eval_env"] == EnvSpec("Pendulum-v1", {}, 30)
+    assert record["action_low"] == [-2.0] and record["action_high"] == [2.0]
+
+
+def test_a_hybrid_run_trains_in_the_recorded_env_by_default(pendulum, tmp_path):
+    from hybridrl.core.config import RunConfig
+    from hybridrl.runners import run
+
+    config = RunConfig(steps=70, eval_every=0, eval_episodes=1, log_every=10, checkpoint_every=50, progress=False,
+                       device="cpu", learning_starts=10)
+    result = run("sac", config, dataset=PENDULUM, out_dir=tmp_path / "sac",
+                 overrides={"hidden": "8", "batch_size": "8"})
+    assert result["env"] == "Pendulum-v1" and len(result["train_episode_returns"]) == 2  # 70 steps: 2 episodes of 30
+    record = json.loads((tmp_path / "sac" / "config.json").read_text())
+    assert record["plan"] == {"source": "hybrid", "offline_fraction": 0.5, "updates_per_step": 1}
+    assert record["env"]["max_episode_steps"] == 30

@@ -164,7 +164,7 @@ def _kind_of(method: str) -> str:
         return "selfplay"
     if method == "nash":
         return "games"
-    algorithms = registry.load_all()
+    algorithms = registry.of_family(*registry.RL_FAMILIES)
     if method not in algorithms:
         known = [*algorithms, *PREFERENCE_METHODS, "dpo-majority", *SELFPLAY_METHODS, "nash"]
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(known)}")

@@ -2,7 +2,7 @@
 
 A session owns a run directory::
 
-    .lock            held (``flock``) while a process trains here; a second process is refused
+    .session.lock    held (``flock``) while a process trains here; a second process is refused
     config.json      the run's record: what defines it (a rerun with another record is refused)
     metrics.jsonl    one JSON line per log step or evaluation
     checkpoint.pt    the last good checkpoint (atomic): the loop's state, the RNGs, the record,
@@ -47,7 +47,9 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
-LOCK = ".lock"
+# not ".lock": the bench grid holds its own flock on that name around the very loop that opens this
+# session, and two flocks on one file conflict even within one process
+LOCK = ".session.lock"
 
 
 class RunDirectoryError(ValueError):
@@ -58,8 +60,12 @@ class DivergenceError(RuntimeError):
     """Training produced NaN/inf; the last good checkpoint is kept."""
 
 
-class Interrupted(RuntimeError):
-    """The user pressed Ctrl-C; progress up to the last checkpoint is saved."""
+class Interrupted(KeyboardInterrupt):
+    """The user pressed Ctrl-C; progress up to the last checkpoint is saved.
+
+    Still a ``KeyboardInterrupt``: an ``except Exception`` around a loop (a bench grid going on to its
+    next run, a user's own script) must not swallow Ctrl-C because it now carries a message.
+    """
 
 
 def _plain(value: Any) -> Any:
@@ -76,6 +82,14 @@ def finite(state: Any) -> bool:
     if isinstance(state, (list, tuple)):
         return all(finite(v) for v in state)
     return True
+
+
+def _differing(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The keys in which two records differ; nested dicts name their inner keys (``run.lr``)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix.rstrip(".")] if prefix else []
+    keys = sorted(set(old) | set(new))
+    return [name for k in keys for name in _differing(old.get(k), new.get(k), f"{prefix}{k}.")]
 
 
 def _read_json(path: Path, what: str, fix: str) -> Any:
@@ -115,9 +129,10 @@ class _DirectoryLock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "another process"
+            pid = os.pread(self._fd, 32, 0).decode(errors="replace").strip()
+            holder = f"process {pid}" if pid else "another process"
             os.close(self._fd)
-            raise RunDirectoryError(f"run directory {out_dir} is in use by process {holder}: wait for it to "
+            raise RunDirectoryError(f"run directory {out_dir} is in use by {holder}: wait for it to "
                                     "finish, or pass another --out") from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
@@ -160,9 +175,11 @@ class Session:
         self.main = main_process
         self.tensorboard = tensorboard
         self._lock: _DirectoryLock | None = None
+        self._map_location = map_location
         if self.main:
             prepare_run_dir(self.out_dir)
             self._lock = _DirectoryLock(self.out_dir)
+            self._remove_torn_writes()
         try:
             self._claim()
             self.finished: dict[str, Any] | None = self._read_results()
@@ -174,7 +191,8 @@ class Session:
             raise
         self.start = int(self.resume_state["step"]) if self.resume_state else 0
         self.last_good: int | None = self.start if self.resume_state else None
-        self.window: list[dict[str, torch.Tensor]] = []
+        self.window: list[dict[str, torch.Tensor]] = list(self.resume_state.get("metric_window", [])
+                                                          if self.resume_state else [])
         self._tick = time.perf_counter()
         self._rows = 0
         self.logger: MetricsLogger | None = None
@@ -182,14 +200,19 @@ class Session:
 
     # -- the run directory ----------------------------------------------------------------------------
 
+    def _remove_torn_writes(self) -> None:
+        """Delete temporary files of atomic writes that a kill interrupted (nobody else writes here: we
+        hold the lock)."""
+        for path in self.out_dir.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
     def _claim(self) -> None:
         path = self.out_dir / CONFIG
         if path.exists():
             existing = _read_json(path, CONFIG, "delete that file and rerun the same command to write it again "
                                               "(the checkpoint is kept and checked against the command)")
             if existing != self.record:
-                keys = sorted(set(existing) | set(self.record)) if isinstance(existing, dict) else []
-                differing = [k for k in keys if existing.get(k) != self.record.get(k)]
+                differing = _differing(existing, self.record)
                 raise RunDirectoryError(
                     f"run directory {self.out_dir} holds another run (it differs in {', '.join(differing) or 'its layout'}): "
                     "rerun with that run's settings to resume it, or pass another --out")
@@ -209,6 +232,29 @@ class Session:
             raise RunDirectoryError(f"{self.out_dir / CHECKPOINT} was written by another run than {CONFIG} "
                                     "describes: delete the checkpoint to start over, or pass another --out")
         return state
+
+    def start_over(self) -> None:
+        """Forget this run's checkpoint and results (same record): it starts again from step 0.
+
+        Call before ``with session:``; the metric lines go too.
+        """
+        if self.main:
+            for name in (RESULTS, CHECKPOINT):
+                (self.out_dir / name).unlink(missing_ok=True)
+        self.finished, self.resume_state, self.start, self.last_good = None, None, 0, None
+        self.window = []
+
+    def resume_finished(self) -> None:
+        """Go on with a finished run (e.g. to more iterations than it had): its results are dropped
+        and the loop resumes from the last checkpoint. Call before ``with session:``."""
+        if self.finished is None:
+            return
+        if self.main:
+            (self.out_dir / RESULTS).unlink(missing_ok=True)
+        self.finished = None
+        if (self.out_dir / CHECKPOINT).exists():
+            self.resume_state = self._read_checkpoint(self._map_location)
+            self.start = self.last_good = int(self.resume_state["step"])
 
     def release(self) -> None:
         if self._lock is not None:
@@ -260,7 +306,10 @@ class Session:
         means: dict[str, float] = {}
         if self.window:
             keys = list(dict.fromkeys(k for m in self.window for k in m))
-            stacked = torch.stack([torch.stack([m[k].float().reshape(()) for m in self.window if k in m]).mean()
+            # restored entries sit on the CPU; new ones on the training device
+            device = next((v.device for m in reversed(self.window) for v in m.values()), torch.device("cpu"))
+            stacked = torch.stack([torch.stack([m[k].float().reshape(()).to(device) for m in self.window
+                                                if k in m]).mean()
                                    for k in keys])
             if reduce is not None:
                 stacked = reduce(stacked)
@@ -299,8 +348,11 @@ class Session:
         if not finite(state if check is None else check):
             raise DivergenceError(self._diverged(step, "parameters"))
         if self.main:
+            # the metrics of steps since the last flush, so the first line after a resume averages
+            # the same steps as an uninterrupted run's
+            window = [{k: v.detach().cpu() for k, v in m.items()} for m in self.window]
             atomic_save({**state, "step": step, "rng": rng_state(), "record": self.record,
-                         "metric_rows": self._rows}, self.out_dir / CHECKPOINT)
+                         "metric_rows": self._rows, "metric_window": window}, self.out_dir / CHECKPOINT)
         self.last_good = step
 
     def finish(self, results: dict[str, Any]) -> dict[str, Any]:
@@ -309,6 +361,10 @@ class Session:
             atomic_write_json(self.out_dir / RESULTS, results)
         self.finished = results
         return results
+
+    def divergence(self, step: int, what: str) -> DivergenceError:
+        """The error to raise when a loop finds ``what`` non-finite itself (outside ``flush``/``save``)."""
+        return DivergenceError(self._diverged(step, what))
 
     def _diverged(self, step: int, what: str) -> str:
         kept = (f"the last good checkpoint ({self.step_key} {self.last_good}) is kept in {self.out_dir / CHECKPOINT}"

@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hybridrl.registry import MethodSpec, register
+
 
 @dataclass(frozen=True)
 class PairLogps:
@@ -400,3 +402,17 @@ def resolve_method(name: str) -> PreferenceLossConfig:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def _own_settings(name: str) -> dict[str, Any]:
+    """The fields where a method's entry in ``METHODS`` differs from the config's defaults."""
+    base, own = PreferenceLossConfig(), METHODS[name]
+    return {k: v for k, v in vars(own).items() if getattr(base, k) != v}
+
+
+register(MethodSpec(name="dpo", family="preference", config=PreferenceLossConfig, defaults=_own_settings("dpo"),
+                    summary="DPO: the Bradley-Terry likelihood of implicit rewards (Rafailov et al. 2023)"))
+register(MethodSpec(name="ipo", family="preference", config=PreferenceLossConfig, defaults=_own_settings("ipo"),
+                    summary="IPO: squared regression of the log-ratio margin to 1/(2 beta) (Azar et al. 2023)"))
+register(MethodSpec(name="fdpo", family="preference", config=PreferenceLossConfig, defaults=_own_settings("fdpo"),
+                    summary="f-DPO: DPO under an f-divergence: reverse/forward KL, JS, alpha (Wang et al. 2023)"))

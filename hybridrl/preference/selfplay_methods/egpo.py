@@ -55,5 +55,7 @@ def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) ->
 
 
 register_selfplay(
-    SelfPlaySpec(name="egpo", config=EGPOConfig, loss="egpo", build_targets=build_targets, extragradient=True)
+    SelfPlaySpec(name="egpo",
+        summary="EGPO: extragradient on the online-IPO loss by self-play (Zhou, Fazel, Du 2025)",
+        config=EGPOConfig, loss="egpo", build_targets=build_targets, extragradient=True)
 )

@@ -43,4 +43,6 @@ def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) ->
     return PairTargets(first, second, {"preference": pair_values(preferences, first, second)})
 
 
-register_selfplay(SelfPlaySpec(name="inpo", config=INPOConfig, loss="inpo", build_targets=build_targets))
+register_selfplay(SelfPlaySpec(name="inpo",
+        summary="INPO: online mirror descent on the regularized preference game (Zhang et al. 2024)",
+        config=INPOConfig, loss="inpo", build_targets=build_targets))

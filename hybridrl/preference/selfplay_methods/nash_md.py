@@ -49,6 +49,8 @@ def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) ->
 
 register_selfplay(
     SelfPlaySpec(
-        name="nash_md", config=NashMDConfig, loss="nash_md", build_targets=build_targets, mixture_opponents=True
+        name="nash_md",
+        summary="Nash-MD: mirror descent against the policy-reference mixture (Munos et al. 2023)",
+        config=NashMDConfig, loss="nash_md", build_targets=build_targets, mixture_opponents=True
     )
 )

@@ -59,5 +59,7 @@ def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) ->
 
 
 register_selfplay(
-    SelfPlaySpec(name="nash_mp", config=NashMPConfig, loss="nash_mp", build_targets=build_targets, extragradient=True)
+    SelfPlaySpec(name="nash_mp",
+        summary="Nash-MP: Nash mirror prox, two KL-prox steps per iteration (Tiapkin et al. 2025)",
+        config=NashMPConfig, loss="nash_mp", build_targets=build_targets, extragradient=True)
 )

@@ -37,5 +37,7 @@ def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) ->
 
 
 register_selfplay(
-    SelfPlaySpec(name="online_ipo", config=OnlineIPOConfig, loss="online_ipo", build_targets=build_targets)
+    SelfPlaySpec(name="online_ipo",
+        summary="Online IPO: IPO on the policy's own judged answers (Calandriello et al. 2024)",
+        config=OnlineIPOConfig, loss="online_ipo", build_targets=build_targets)
 )

@@ -46,4 +46,6 @@ def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) ->
     return PairTargets(base + best, base + worst, {"win_chosen": win[rows, best], "win_rejected": win[rows, worst]})
 
 
-register_selfplay(SelfPlaySpec(name="sppo", config=SPPOConfig, loss="sppo", build_targets=build_targets))
+register_selfplay(SelfPlaySpec(name="sppo",
+        summary="SPPO: multiplicative weights against itself (Wu et al. 2024)",
+        config=SPPOConfig, loss="sppo", build_targets=build_targets))
