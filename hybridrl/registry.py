@@ -108,6 +108,7 @@ _MODULES = (
     "hybridrl.online.sac",
     "hybridrl.preference.losses",
     "hybridrl.preference.selfplay_methods",
+    "hybridrl.preference.games_solvers",
 )
 
 

@@ -171,7 +171,7 @@ def test_algos_lists_every_registered_method_with_its_family():
     rows = {tuple(line.split()[:2]) for line in result.stdout.splitlines() if line.strip()}
     for spec in registry.load_all():
         assert (spec.name, spec.family) in rows
-    assert {spec.family for spec in registry.load_all()} >= {"offline", "online", "preference", "selfplay"}
+    assert {spec.family for spec in registry.load_all()} >= {"offline", "online", "preference", "selfplay", "games"}
 
 
 def test_algos_name_and_train_help_show_every_hyperparameter_with_default_and_docstring():

@@ -68,6 +68,7 @@ from hybridrl.preference.games_core import (
     random_games,
 )
 from hybridrl.preference.games_equilibrium import duality_gap_batched
+from hybridrl.registry import MethodSpec, register
 
 __all__ = [
     "METHODS",
@@ -202,6 +203,30 @@ SOLVERS: dict[str, GameSolver] = {
     "online_ipo": GameSolver(_online_ipo_step, _policy_gradient_lr, per_response=True),
 }
 METHODS: tuple[str, ...] = tuple(SOLVERS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GameSolverConfig:
+    """Settings of a self-play method on a tabular game (``solve_batched``'s arguments)."""
+
+    beta: float = 0.1
+    """KL strength toward the reference policy (the game's regularization)."""
+    lr: float | None = None
+    """Step size eta (None: the method's own rule for beta and n, see ``SOLVERS``)."""
+    samples: int | None = None
+    """Preference samples per step to estimate win rates (None: exact win rates)."""
+
+
+_SUMMARIES = {
+    "nash_mp": "Nash-MP on exact tabular games: two KL-prox steps per iteration",
+    "egpo": "EGPO on exact tabular games: extragradient on the online-IPO gradients",
+    "nash_md": "Nash-MD on exact tabular games: mirror descent against the reference mixture",
+    "inpo": "INPO on exact tabular games: online mirror descent anchored at the reference",
+    "sppo": "SPPO on exact tabular games: multiplicative weights, no reference anchor",
+    "online_ipo": "Online IPO on exact tabular games: policy-gradient steps on sampled pairs",
+}
+for _name in SOLVERS:
+    register(MethodSpec(name=_name, family="games", config=GameSolverConfig, summary=_SUMMARIES[_name]))
 
 
 def _solver(method: str) -> GameSolver:
