@@ -2,7 +2,9 @@
 
 Mounted by the main CLI with ``app.add_typer(preference.cli.app, name="pref")``. Importing this module
 imports neither transformers nor TRL; every command imports what it needs. Errors are one line on
-stderr and exit code 2.
+stderr: exit code 2 for what the user can fix (names, data, files, a run directory in use or holding
+another run), 1 when training diverged (the last good checkpoint is kept), 130 on Ctrl-C (progress up
+to the last checkpoint is saved; rerunning the command resumes).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import typer
 
 from hybridrl.core.seeding import num_threads_from_env
+from hybridrl.core.session import DivergenceError, Interrupted
 
 app = typer.Typer(
     help="Preference optimization on language models (DPO, IPO, f-DPO), self-play Nash learning "
@@ -26,17 +29,32 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (bad names, bad data, missing files) into one line and exit 2."""
+    """Turn the errors a user can fix (bad names, bad data, missing files, a busy or other run directory)
+    into one line and exit 2; a diverged run exits 1 and Ctrl-C 130, each with its one line."""
     try:
         yield
-    except (ValueError, FileNotFoundError, OSError, KeyError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        typer.echo(f"error: {message}", err=True)
+    except DivergenceError as err:
+        typer.echo(f"error: {_first_line(err)}", err=True)
+        raise typer.Exit(code=EXIT_DIVERGED) from None
+    except Interrupted as err:
+        typer.echo(_first_line(err), err=True)
+        raise typer.Exit(code=EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:  # outside a training session (loading, task building): no progress to report
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(code=EXIT_INTERRUPTED) from None
+    except (ValueError, FileNotFoundError, OSError, KeyError) as err:  # RunDirectoryError is a ValueError
+        typer.echo(f"error: {_first_line(err)}", err=True)
         raise typer.Exit(code=EXIT_USAGE) from None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _quiet_libraries() -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -43,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkpoint
-from hybridrl.core.logging import MetricsLogger
+from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.core.seeding import resolve_device
+from hybridrl.core.session import CHECKPOINT, DivergenceError, Session
 from hybridrl.preference.data import PairBatch, TokenizedPairs
 from hybridrl.preference.logprobs import (
     _accepts_logits_to_keep,
@@ -343,6 +342,10 @@ class JudgedSamples:
 class SelfPlayTrainer:
     """Runs a self-play method on a causal LM; see the module docstring for one iteration.
 
+    The run directory is a :class:`~hybridrl.core.session.Session`'s: ``config.json`` holds the run's
+    record (a rerun with another is refused), ``checkpoint.pt`` the state after the last finished
+    iteration, ``metrics.jsonl`` one line per iteration and ``results.json`` the last one.
+
     Args:
         spec: the method (``resolve_selfplay_method``).
         method_config: its hyperparameters (``method_config(spec, overrides)``).
@@ -353,6 +356,9 @@ class SelfPlayTrainer:
         judge: any :class:`~hybridrl.preference.oracles.PreferenceOracle`.
         out_dir: checkpoint, per-iteration samples, metrics.jsonl, config.json, and ``model/`` at the end.
     """
+
+    FREE_SETTINGS = ("iterations", "device", "progress")
+    """Run settings left out of the record: more iterations extend a run."""
 
     def __init__(
         self,
@@ -391,60 +397,36 @@ class SelfPlayTrainer:
         )
         self.iteration = 0
         self.judge_calls = 0
+        self._session: Session | None = None
 
     # -- files ---------------------------------------------------------------------------------------
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out_dir / "checkpoint.pt"
+        return self.out_dir / CHECKPOINT
 
     def samples_path(self, iteration: int, kind: str) -> Path:
         return self.out_dir / "iterations" / f"iter-{iteration:04d}-{kind}.pt"
 
-    def _check_run_dir(self) -> None:
-        """A rerun must continue the same method with the same settings (more iterations are fine)."""
-        path = self.out_dir / "config.json"
-        current = {
+    def run_record(self) -> dict[str, Any]:
+        """What defines this run, saved as ``config.json``: a rerun with another record is refused.
+
+        More iterations extend a run, and where it runs or whether it shows a bar may change between
+        reruns: those settings are left out.
+        """
+        return {
             "method": self.spec.name,
             "method_config": asdict(self.method_config),
-            "run": asdict(self.config),
+            "run": {k: v for k, v in asdict(self.config).items() if k not in self.FREE_SETTINGS},
             # persisted samples index into the prompt list: it must not change under a resumed run
             "prompts_sha256": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest(),
         }
-        if path.exists():
-            previous = json.loads(path.read_text())
-            if previous.get("method") != self.spec.name:
-                raise ValueError(
-                    f"{self.out_dir} holds a {previous.get('method')!r} run: pick another --out to run {self.spec.name}"
-                )
-            free = {"iterations", "progress", "device"}
-            changed = sorted(
-                [k for k, v in current["method_config"].items() if previous["method_config"].get(k) != v]
-                + [k for k, v in current["run"].items() if k not in free and previous["run"].get(k) != v]
-            )
-            if previous.get("prompts_sha256", current["prompts_sha256"]) != current["prompts_sha256"]:
-                changed.append("prompts")
-            if changed:
-                raise ValueError(
-                    f"{self.out_dir} was started with other settings ({', '.join(changed)} differ): "
-                    "rerun with the same ones to resume, or pick another --out"
-                )
-        atomic_write_json(path, current)
 
-    def load_checkpoint(self) -> bool:
-        if not self.checkpoint_path.exists():
-            return False
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.iteration = state["iteration"]
-        return True
-
-    def save_checkpoint(self) -> None:
-        atomic_save(
-            {"iteration": self.iteration, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
-            self.checkpoint_path,
-        )
+    def _divergence(self, iteration: int, what: str) -> DivergenceError:
+        if self._session is not None:
+            return self._session.divergence(iteration, what)
+        return DivergenceError(f"training diverged at iteration {iteration} ({what} is NaN/inf): "
+                               "lower the learning rate")
 
     # -- sampling and judging ------------------------------------------------------------------------
 
@@ -559,8 +541,11 @@ class SelfPlayTrainer:
 
     def update(
         self, sequences: TokenizedPairs, ref: Tensor, prev: Tensor, targets: PairTargets, *, iteration: int, phase: int
-    ) -> list[float]:
-        """``steps_per_iteration`` AdamW steps on the method's loss over minibatches of ``targets``."""
+    ) -> list[Tensor]:
+        """``steps_per_iteration`` AdamW steps on the method's loss over minibatches of ``targets``.
+
+        Returns each step's loss, left on the device (checked for NaN/inf by the caller, in one sync).
+        """
         pairs = TokenizedPairs(
             [sequences.chosen_ids[int(i)] for i in targets.first],
             [sequences.chosen_prompt_lengths[int(i)] for i in targets.first],
@@ -595,18 +580,20 @@ class SelfPlayTrainer:
                 extras={key: value.to(self.device) for key, value in extras.items()},
             )
             loss = self.loss_fn(pair, self.method_config).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}: lower the learning rate")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
             self.optimizer.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         return losses
 
     def run_iteration(self, iteration: int) -> dict[str, float]:
-        start_calls = self.judge_calls
+        """One iteration (module docstring); returns its metrics line.
+
+        Under :meth:`run`, each update step's loss also goes to the session's window, whose flush
+        stops the run on NaN/inf before the iteration is checkpointed.
+        """
         samples = self.collect(iteration)
         sequences, ref, prev = self.anchors(samples)
         build = self.spec.build_targets
@@ -614,7 +601,10 @@ class SelfPlayTrainer:
             start = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
             if not self.samples_path(iteration, "opponents").exists():  # the half step only serves sampling
                 half_targets = build(samples.preferences, None, self.method_config)
-                self.update(sequences, ref, prev, half_targets, iteration=iteration, phase=0)
+                half = self.update(sequences, ref, prev, half_targets, iteration=iteration, phase=0)
+                # the half-step policy samples next: NaN weights would fail there, far from their cause
+                if not bool(torch.isfinite(torch.stack(half)).all()):
+                    raise self._divergence(iteration, "the half step's loss")
             opponents = self.collect_half_step_opponents(iteration, samples)
             self.model.load_state_dict(start[0])
             self.optimizer.load_state_dict(start[1])  # AdamW moments too: the half step leaves no trace
@@ -623,49 +613,74 @@ class SelfPlayTrainer:
         else:
             targets = build(samples.preferences, samples.opponent_preferences, self.method_config)
             losses = self.update(sequences, ref, prev, targets, iteration=iteration, phase=0)
+        if self._session is not None:
+            for loss in losses:
+                self._session.add({"loss": loss})
+        first, last = torch.stack([losses[0], losses[-1]]).tolist()
         lengths = torch.tensor([len(c) for c in samples.completions], dtype=torch.float64)
+        num_prompts = len(samples.prompt_indices)
+        # the judgments this iteration rests on, whether asked now or read back from its sample files,
+        # so that a resumed run logs what an uninterrupted one does (``judge_calls`` counts new calls)
+        judged = len(all_pairs(num_prompts, self.config.samples_per_prompt)[0])
+        if self.spec.extragradient or self.spec.mixture_opponents:
+            judged += len(self._cross_pairs(num_prompts)[0])
         return {
-            "loss/first": losses[0],
-            "loss/last": losses[-1],
+            "loss/first": first,
+            "loss/last": last,
             "pairs": float(targets.first.numel()),
-            "judge_calls": float(self.judge_calls - start_calls),
+            "judge_calls": float(judged),
             "samples/mean_tokens": float(lengths.mean()),
             "samples/kl_to_ref": float((prev - ref).mean()),
         }
 
     def run(self) -> dict[str, float]:
-        """Train to ``config.iterations``, resuming from ``out_dir``; saves ``out_dir/model`` at the end."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._check_run_dir()
-        self.load_checkpoint()
-        # one line per finished iteration: drop those after the checkpoint (and a line torn by a kill)
-        logger = MetricsLogger(self.out_dir / "metrics.jsonl", truncate_after=self.iteration - 1,
-                               step_key="iteration")
-        from tqdm.auto import tqdm
+        """Train to ``config.iterations``, resuming from ``out_dir``; saves ``out_dir/model`` at the end.
 
-        last: dict[str, float] = {}
-        bar = tqdm(
+        Returns the last iteration's metrics; a finished run returns them from ``results.json`` without
+        training, unless more iterations are asked for. NaN/inf raise ``DivergenceError`` and keep the
+        last checkpoint; Ctrl-C raises ``Interrupted``.
+        """
+        session = Session(
+            self.out_dir,
+            self.run_record(),
             total=self.config.iterations,
-            initial=self.iteration,
             desc=f"selfplay {self.spec.name}",
-            dynamic_ncols=True,
-            disable=not self.config.progress,
+            progress=self.config.progress,
+            step_key="iteration",
+            rate_name=None,  # each line has its iteration's wall time instead
+            map_location=self.device,
         )
+        finished = session.finished
+        if finished is not None and int(finished.get("iterations", 0)) >= self.config.iterations:
+            session.release()
+            self.iteration = int(finished["iterations"])
+            return {k: v for k, v in finished.items() if k != "iterations"}
+        session.resume_finished()  # asked for more iterations than it had: go on from its checkpoint
+        self._session = session
         try:
-            while self.iteration < self.config.iterations:
-                began = time.perf_counter()
-                last = self.run_iteration(self.iteration)
-                last["time/s"] = time.perf_counter() - began
-                self.iteration += 1
-                self.save_checkpoint()
-                logger.log(self.iteration - 1, last)
-                bar.update(1)
-                bar.set_postfix(loss=f"{last['loss/last']:.4g}", kl=f"{last['samples/kl_to_ref']:.3g}")
+            with session:
+                last: dict[str, float] = {}
+                if session.resume_state is not None:
+                    state = session.resume_state
+                    self.model.load_state_dict(state["model"])
+                    self.optimizer.load_state_dict(state["optimizer"])
+                    self.iteration, last = int(state["step"]), dict(state["last"])
+                    session.restore_rng()
+                while self.iteration < self.config.iterations:
+                    began = time.perf_counter()
+                    row = self.run_iteration(self.iteration)
+                    row["time/s"] = time.perf_counter() - began
+                    last = session.flush(self.iteration, row)  # line "iteration": its index, from 0
+                    self.iteration += 1
+                    state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                             "last": last}
+                    session.save(self.iteration, state, check=state["model"])
+                    session.advance()
+                self.model.save_pretrained(self.out_dir / "model")
+                self.tokenizer.save_pretrained(self.out_dir / "model")
+                session.finish({"iterations": self.iteration, **last})
         finally:
-            bar.close()
-            logger.close()
-        self.model.save_pretrained(self.out_dir / "model")
-        self.tokenizer.save_pretrained(self.out_dir / "model")
+            self._session = None
         return last
 
 

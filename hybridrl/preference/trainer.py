@@ -18,19 +18,23 @@ Where the time goes and what is not wasted:
   a micro-batch is further split into length-sorted groups, each laid out on its own;
 - no gradient checkpointing, no autocast on the CPU, metrics leave the device only when logged.
 
-Checkpoints (``checkpoint.pt``, written atomically) hold the weights (the adapter only with LoRA),
-optimizer, schedule, step and RNG states; the data order is a function of (seed, step), so a resumed
-run sees exactly the batches an uninterrupted one would have.
+The run directory is a :class:`~hybridrl.core.session.Session`'s: ``config.json`` holds the run's
+record (train and loss settings, a hash of the pairs) and a rerun with another is refused;
+checkpoints (``checkpoint.pt``, written atomically) hold the weights (the adapter only with LoRA),
+optimizer, schedule, step, RNG states and the metrics not yet logged; the data order is a function
+of (seed, step), so a resumed run sees exactly the batches, and writes exactly the metric lines, an
+uninterrupted one would have. ``results.json`` holds the final metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
-import math
 import os
 import time
+from array import array
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,9 +42,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkpoint
-from hybridrl.core.logging import MetricsLogger
-from hybridrl.core.seeding import rng_state, seed_everything, set_rng_state
+from hybridrl.core.checkpoint import atomic_save, load_checkpoint
+from hybridrl.core.seeding import seed_everything
+from hybridrl.core.session import CHECKPOINT, Session
 from hybridrl.preference.data import TokenizedPairs
 from hybridrl.preference.logprobs import (
     AnyPairBatch,
@@ -56,6 +60,9 @@ from hybridrl.preference.models import disable_dropout
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+FREE_SETTINGS = ("device", "progress", "log_every", "save_every")
+"""Train settings left out of a run's record: a rerun may change them and still resume."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +223,7 @@ class PairwiseTrainer:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.step = 0
         self._orders: dict[int, list[int]] = {}
+        self._pairs_sha256: str | None = None
 
     # -- schedule and data order -------------------------------------------------------------------
 
@@ -371,13 +379,24 @@ class PairwiseTrainer:
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return sums, tokens
+        return dict(sums), tokens  # a plain dict: the metrics not yet logged are checkpointed
 
     # -- checkpoints -------------------------------------------------------------------------------
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out_dir / "checkpoint.pt"
+        return self.out_dir / CHECKPOINT
+
+    def run_record(self) -> dict[str, Any]:
+        """What defines this run, saved as ``config.json``: a rerun in ``out_dir`` with another is refused.
+
+        Where it runs, whether it shows a bar and how often it logs and saves may change between reruns.
+        """
+        if self._pairs_sha256 is None:
+            self._pairs_sha256 = pairs_digest(self.pairs)
+        train = {k: v for k, v in asdict(self.config).items() if k not in FREE_SETTINGS}
+        return {"train": train, "loss": asdict(self.loss_config), "num_pairs": len(self.pairs),
+                "pairs_sha256": self._pairs_sha256}
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         model = self.accelerator.unwrap_model(self.model)
@@ -387,25 +406,7 @@ class PairwiseTrainer:
             return get_peft_model_state_dict(model)
         return model.state_dict()
 
-    def save_checkpoint(self) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        state = {
-            "step": self.step,
-            "model": self._trainable_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "rng": rng_state(),
-            "train_config": asdict(self.config),
-            "loss_config": asdict(self.loss_config),
-        }
-        atomic_save(state, self.checkpoint_path)
-
-    def load_checkpoint(self) -> bool:
-        """Resume from ``checkpoint.pt`` when present; returns whether it was."""
-        if not self.checkpoint_path.exists():
-            return False
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+    def _load_state(self, state: dict[str, Any]) -> None:
         model = self.accelerator.unwrap_model(self.model)
         if self.config.lora_r > 0:
             from peft import set_peft_model_state_dict
@@ -415,9 +416,7 @@ class PairwiseTrainer:
             model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        set_rng_state(state["rng"])
-        self.step = state["step"]
-        return True
+        self.step = int(state["step"])
 
     def save_model(self, path: str | os.PathLike | None = None) -> Path:
         """Save the policy (the adapter alone with LoRA) and tokenizer as an HF model directory."""
@@ -430,85 +429,81 @@ class PairwiseTrainer:
     # -- the loop ----------------------------------------------------------------------------------
 
     def train(self, *, resume: bool = True, stop_at: int | None = None) -> dict[str, float]:
-        """Train to ``config.steps`` (or pause at ``stop_at``, checkpointed); returns the last metrics."""
-        from tqdm.auto import tqdm
+        """Train to ``config.steps`` (or pause at ``stop_at``, checkpointed); returns the last metrics.
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.prepare_reference()  # before loading a checkpoint: the reference is the *initial* model
-        resumed = resume and self.load_checkpoint()
-        if self.accelerator.is_main_process:
-            atomic_write_json(
-                self.out_dir / "config.json",
-                {
-                    "train": asdict(self.config),
-                    "loss": asdict(self.loss_config),
-                    "num_pairs": len(self.pairs),
-                },
-            )
-        logger = (
-            MetricsLogger(self.out_dir / "metrics.jsonl", truncate_after=self.step if resumed else -1)
-            if self.accelerator.is_main_process
-            else None
-        )
-        bar = tqdm(
+        The run goes through :class:`~hybridrl.core.session.Session`: a rerun resumes from
+        ``checkpoint.pt`` (``resume=False`` starts over), a finished run returns its final metrics
+        from ``results.json`` without training, and NaN/inf raise ``DivergenceError``.
+        """
+        session = Session(
+            self.out_dir,
+            self.run_record(),
             total=self.config.steps,
-            initial=self.step,
             desc="pref train",
-            dynamic_ncols=True,
-            disable=not (self.config.progress and self.accelerator.is_main_process),
+            progress=self.config.progress,
+            rate_name=None,  # tokens per second are counted here instead
+            main_process=self.accelerator.is_main_process,
+            map_location=self.device,
         )
-        window: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
-        last: dict[str, float] = {}
-        try:
+        if not resume:
+            session.start_over()
+        if session.finished is not None:
+            session.release()
+            self.step = self.config.steps  # the record holds steps: a finished run reached them
+            return dict(session.finished)
+        with session:
+            self.prepare_reference()  # before loading a checkpoint: the reference is the *initial* model
+            last: dict[str, float] = {}
+            tokens = 0
+            if session.resume_state is not None:
+                state = session.resume_state
+                self._load_state(state)
+                session.restore_rng()
+                # the session restores the metrics of the steps since the last line; their tokens are ours
+                tokens, last = int(state["window_tokens"]), dict(state["last"])
+            began = time.perf_counter()
             end = self.config.steps if stop_at is None else min(stop_at, self.config.steps)
             while self.step < end:
-                metrics, tokens = self.train_step()
-                for key, value in metrics.items():
-                    window[key] = window[key] + value.detach()
-                window_steps += 1
-                window_tokens += tokens
-                bar.update(1)
+                metrics, step_tokens = self.train_step()
+                session.add(metrics)
+                tokens += step_tokens
+                session.advance()
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                    last = self._log(
-                        window, window_steps, window_tokens, time.perf_counter() - window_start, logger
-                    )
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
-                    window.clear()
-                    window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
+                    last = self._flush(session, tokens, time.perf_counter() - began)
+                    tokens, began = 0, time.perf_counter()
                 if self.step % self.config.save_every == 0 or self.step == end:
-                    self.save_checkpoint()
-        finally:
-            bar.close()
-            if logger is not None:
-                logger.close()
-        if self.step >= self.config.steps:
-            self.save_model()
+                    state = {"model": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
+                             "schedule": self.schedule.state_dict(), "window_tokens": tokens, "last": last}
+                    session.save(self.step, state, check=state["model"])
+            if self.step >= self.config.steps:
+                self.save_model()
+                self.accelerator.wait_for_everyone()
+                return session.finish(last)  # results.json, written last, holds the final metrics
         self.accelerator.wait_for_everyone()
         return last
 
-    def _log(
-        self,
-        window: dict[str, torch.Tensor],
-        steps: int,
-        tokens: int,
-        seconds: float,
-        logger: MetricsLogger | None,
-    ) -> dict[str, float]:
-        keys = sorted(window)
-        means = torch.stack([window[k] for k in keys]) / steps
-        means = self.accelerator.reduce(means, reduction="mean")
-        row = {k: float(v) for k, v in zip(keys, means.tolist(), strict=True)}
-        if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"loss is {row['loss']} at step {self.step}: lower the learning rate")
-        all_tokens = float(
-            self.accelerator.reduce(torch.tensor(float(tokens), device=self.device), reduction="sum")
-        )
-        row["time/tokens_per_s"] = all_tokens / max(seconds, 1e-9)
-        row["lr"] = self.schedule.get_last_lr()[0]
-        if logger is not None:
-            logger.log(self.step, row)
-        return row
+    def _flush(self, session: Session, tokens: int, seconds: float) -> dict[str, float]:
+        """One metrics line: the window's means over steps and processes, tokens per second, the lr."""
+        if self.accelerator.num_processes > 1:
+            tokens = int(self.accelerator.reduce(torch.tensor(float(tokens), device=self.device), reduction="sum"))
+
+            def reduce(means: torch.Tensor) -> torch.Tensor:
+                return self.accelerator.reduce(means, reduction="mean")
+        else:
+            reduce = None
+        extra = {"time/tokens_per_s": tokens / max(seconds, 1e-9), "lr": self.schedule.get_last_lr()[0]}
+        return session.flush(self.step, extra, reduce=reduce)
+
+
+def pairs_digest(pairs: TokenizedPairs) -> str:
+    """A hash of the tokenized pairs (ids and prompt lengths): part of a run's record."""
+    digest = hashlib.sha256()
+    for sequences in (pairs.chosen_ids, pairs.rejected_ids):
+        for sequence in sequences:
+            digest.update(len(sequence).to_bytes(4, "little"))
+            digest.update(array("q", sequence).tobytes())
+    digest.update(str((pairs.chosen_prompt_lengths, pairs.rejected_prompt_lengths)).encode())
+    return digest.hexdigest()[:20]
 
 
 def metrics_summary(path: str | os.PathLike) -> str:

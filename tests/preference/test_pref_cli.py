@@ -106,6 +106,76 @@ def test_train_end_to_end(tiny_lm, pairs_file, tmp_path):
     assert (out / "model" / "model.safetensors").exists()
 
 
+def train_args(tiny_lm, pairs_file, out, *extra):
+    return ("train", "dpo", "--model", tiny_lm[0], "--dataset", pairs_file, "--out", out, "--steps", 6,
+            "--batch-size", 4, "--lr", 1e-3, "--log-every", 1, "--save-every", 2, "--device", "cpu",
+            "--no-progress", *extra)
+
+
+def one_line(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("data: ")]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_nan_is_one_line_exit_1_and_the_checkpoint_is_kept(tiny_lm, pairs_file, tmp_path, monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from hybridrl.preference import trainer
+
+    real_loss, calls = trainer.preference_loss, []
+
+    def nan_from_the_fourth_step(pair, config):
+        out = real_loss(pair, config)
+        calls.append(1)
+        return out if len(calls) < 4 else dataclasses.replace(out, loss=out.loss * float("nan"))
+
+    monkeypatch.setattr(trainer, "preference_loss", nan_from_the_fourth_step)
+    out = tmp_path / "run"
+    one_line(invoke(*train_args(tiny_lm, pairs_file, out)), 1, "training diverged at step 4",
+             "last good checkpoint (step 2) is kept")
+    kept = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert kept["step"] == 2 and all(torch.isfinite(v).all() for v in kept["model"].values())
+    assert not (out / "results.json").exists()
+
+
+def test_rerun_with_another_learning_rate_is_refused(tiny_lm, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny_lm, pairs_file, out)).exit_code == 0
+    again = invoke(*train_args(tiny_lm, pairs_file, out))
+    assert again.exit_code == 0 and "dpo: 6 steps, loss=" in again.stdout  # finished: its metrics come back
+    args = list(train_args(tiny_lm, pairs_file, out))
+    args[args.index("--lr") + 1] = 0.5
+    one_line(invoke(*args), 2, "holds another run", "train.learning_rate")
+
+
+def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(tiny_lm, pairs_file, tmp_path, monkeypatch):
+    from hybridrl.preference.trainer import PairwiseTrainer
+
+    real_step = PairwiseTrainer.train_step
+
+    def step_then_ctrl_c(self):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(PairwiseTrainer, "train_step", step_then_ctrl_c)
+    out = tmp_path / "run"
+    try:
+        result = invoke(*train_args(tiny_lm, pairs_file, out))
+    except KeyboardInterrupt:  # a bare KeyboardInterrupt would end pytest
+        pytest.fail("Ctrl-C escaped the command")
+    one_line(result, 130, f"progress up to step 2 is saved in {out}", "rerun the same command to resume")
+    monkeypatch.setattr(PairwiseTrainer, "train_step", real_step)
+    result = invoke(*train_args(tiny_lm, pairs_file, out))
+    assert result.exit_code == 0 and "dpo: 6 steps" in result.stdout
+
+
 def test_importing_the_cli_does_not_import_transformers():
     code = (
         "import sys, hybridrl, hybridrl.preference.cli, hybridrl.preference.losses; "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from hybridrl.core.logging import read_metrics
+from hybridrl.core.session import Interrupted, RunDirectoryError, Session
 from hybridrl.preference.data import tokenize_pairs
 from hybridrl.preference.losses import PreferenceLossConfig
 from hybridrl.preference.models import load_causal_lm, load_tokenizer
@@ -18,7 +21,7 @@ def pairs_and_tokenizer(tiny_lm, text_rows):
     return tokenize_pairs(text_rows, tokenizer)[0], tokenizer
 
 
-def make_trainer(tiny_lm, pairs_and_tokenizer, out_dir, **overrides):
+def make_trainer(tiny_lm, pairs_and_tokenizer, out_dir, ref_model=None, **overrides):
     pairs, tokenizer = pairs_and_tokenizer
     settings = dict(
         steps=6,
@@ -38,6 +41,7 @@ def make_trainer(tiny_lm, pairs_and_tokenizer, out_dir, **overrides):
         loss_config=PreferenceLossConfig(beta=0.5),
         train_config=TrainConfig(**settings),
         out_dir=out_dir,
+        ref_model=ref_model,
     )
 
 
@@ -152,3 +156,100 @@ def test_length_chunks_leave_loss_and_gradient_unchanged(tiny_lm, pairs_and_toke
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
     assert results[0][1] == pytest.approx(results[1][1], abs=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][2], results[1][2], strict=True))
+
+
+def untimed(rows):
+    """Metric lines without their wall-clock columns (those differ between any two runs)."""
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def test_rerun_with_other_settings_is_refused(tiny_lm, pairs_and_tokenizer, tmp_path):
+    make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path).train(stop_at=3)
+    with pytest.raises(RunDirectoryError, match=r"differs in train\.learning_rate\)"):
+        make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path, learning_rate=0.5).train()
+    # how often it logs and saves, and where it runs, may change between reruns
+    resumed = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path, log_every=2, save_every=4)
+    resumed.train()
+    assert resumed.step == 6 and resumed.optimizer.param_groups[0]["initial_lr"] == 1e-3
+
+
+def test_resumed_metrics_equal_an_uninterrupted_runs(tiny_lm, pairs_and_tokenizer, tmp_path):
+    settings = dict(log_every=2, save_every=3)  # the checkpoint at step 3 falls inside a log window
+    straight = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "straight", **settings)
+    straight.train()
+    killed = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "resumed", **settings)
+    real_step = killed.train_step
+
+    def step_then_die():
+        if killed.step == 4:  # after the line of step 4, past the checkpoint of step 3
+            raise KeyboardInterrupt
+        return real_step()
+
+    killed.train_step = step_then_die
+    with pytest.raises((KeyboardInterrupt, Interrupted)) as caught:  # a bare KeyboardInterrupt would end pytest
+        killed.train()
+    assert caught.type is Interrupted and "progress up to step 3 is saved" in str(caught.value)
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl")] == [2, 4]
+    make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "resumed", **settings).train()
+    rows = [read_metrics(tmp_path / run / "metrics.jsonl") for run in ("straight", "resumed")]
+    assert [r["step"] for r in rows[1]] == [2, 4, 6]
+    assert untimed(rows[1]) == untimed(rows[0])
+
+
+def test_final_metrics_survive_a_kill_after_the_last_checkpoint(tiny_lm, pairs_and_tokenizer, tmp_path):
+    killed = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path)
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    killed.save_model = die  # killed after the last checkpoint, before the model and results are written
+    with pytest.raises((KeyboardInterrupt, Interrupted)):
+        killed.train()
+    assert not (tmp_path / "results.json").exists()
+    last = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path).train()
+    for key in ("loss", "rewards/accuracies", "time/tokens_per_s", "lr"):
+        assert key in last
+    assert json.loads((tmp_path / "results.json").read_text()) == last
+    assert (tmp_path / "model" / "config.json").exists()
+    again = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path)
+    assert again.train() == last and again.step == 6  # a finished run is not rerun, its metrics come back
+
+
+def test_a_second_process_on_the_run_directory_is_refused(tiny_lm, pairs_and_tokenizer, tmp_path):
+    trainer = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path)
+    holder = Session(tmp_path, trainer.run_record(), total=6, progress=False)
+    try:
+        with pytest.raises(RunDirectoryError, match=f"in use by process {__import__('os').getpid()}"):
+            trainer.train()
+    finally:
+        holder.release()
+    assert trainer.train()["loss"] > 0 and trainer.step == 6
+
+
+@pytest.mark.parametrize("reference", ["copy", "explicit", "explicit-precompute"])
+def test_reference_model_is_bitwise_unchanged_by_training(reference, tiny_lm, pairs_and_tokenizer, tmp_path):
+    ref_model = None if reference == "copy" else load_causal_lm(tiny_lm[1])
+    mode = "precompute" if reference.endswith("precompute") else "model"
+    trainer = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path, ref_model=ref_model, reference=mode, steps=3)
+    frozen = trainer.ref_model if ref_model is None else ref_model
+    before = {k: v.detach().clone() for k, v in frozen.state_dict().items()}
+    policy_before = weights(trainer)
+    trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())
+    if ref_model is not None:
+        pristine = load_causal_lm(tiny_lm[1]).state_dict()
+        assert all(torch.equal(pristine[k], v) for k, v in ref_model.state_dict().items())
+    else:
+        pristine = load_causal_lm(tiny_lm[0]).state_dict()
+        assert all(torch.equal(pristine[k], v) for k, v in frozen.state_dict().items())
+    assert any(not torch.equal(policy_before[k], v) for k, v in weights(trainer).items())
+
+
+def test_no_resume_starts_over(tiny_lm, pairs_and_tokenizer, tmp_path):
+    first = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path).train()
+    again = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path)
+    last = again.train(resume=False)  # trains again from step 0 instead of returning the finished results
+    assert again.step == 6 and [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert {k: v for k, v in last.items() if not k.startswith("time/")} == {
+        k: v for k, v in first.items() if not k.startswith("time/")
+    }

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from hybridrl.core.session import Interrupted, RunDirectoryError, Session
 from hybridrl.preference.oracles import MajorityJudge
 from hybridrl.preference.selfplay import (
     SELFPLAY_METHODS,
@@ -127,10 +128,79 @@ def test_rerun_of_a_finished_run_does_nothing_and_a_longer_one_continues(tiny_lm
     make_trainer(tiny_lm, text_rows, tmp_path / "r", "sppo", judge, iterations=2).run()
     assert judge.calls == 2 * calls
     moved = make_trainer(tiny_lm, text_rows[::-1], tmp_path / "r", "sppo", judge, iterations=3)
-    with pytest.raises(ValueError, match=r"other settings \(prompts differ\)"):
+    with pytest.raises(RunDirectoryError, match=r"differs in prompts_sha256\)"):
         moved.run()
-    with pytest.raises(ValueError, match="holds a 'sppo' run"):
+    with pytest.raises(RunDirectoryError, match=r"holds another run \(it differs in method, method_config"):
         make_trainer(tiny_lm, text_rows, tmp_path / "r", "inpo", judge).run()
+
+
+def untimed(path):
+    """The metric lines of a run without their wall-clock columns (those differ between any two runs)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def test_resumed_metrics_equal_an_uninterrupted_runs(tiny_lm, text_rows, tmp_path, one_torch_thread):
+    make_trainer(tiny_lm, text_rows, tmp_path / "straight", "egpo", CountingJudge()).run()
+    killed = make_trainer(tiny_lm, text_rows, tmp_path / "killed", "egpo", CountingJudge())
+    real_update = killed.update
+
+    def update_then_die(*args, iteration, phase):
+        if iteration == 1 and phase == 1:  # after iteration 1's samples and half step were persisted
+            raise KeyboardInterrupt
+        return real_update(*args, iteration=iteration, phase=phase)
+
+    killed.update = update_then_die
+    with pytest.raises((KeyboardInterrupt, Interrupted)) as caught:  # a bare KeyboardInterrupt would end pytest
+        killed.run()
+    assert caught.type is Interrupted and "progress up to iteration 1 is saved" in str(caught.value)
+    make_trainer(tiny_lm, text_rows, tmp_path / "killed", "egpo", CountingJudge()).run()
+    straight, resumed = untimed(tmp_path / "straight" / "metrics.jsonl"), untimed(tmp_path / "killed" / "metrics.jsonl")
+    assert [row["iteration"] for row in resumed] == [0, 1] and resumed == straight
+
+
+def test_final_metrics_survive_a_kill_after_the_last_checkpoint(tiny_lm, text_rows, tmp_path):
+    killed = make_trainer(tiny_lm, text_rows, tmp_path, "sppo", CountingJudge(), iterations=1)
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    killed.model.save_pretrained = die  # killed after the last checkpoint, before the model and results
+    with pytest.raises((KeyboardInterrupt, Interrupted)):
+        killed.run()
+    judge = CountingJudge()
+    last = make_trainer(tiny_lm, text_rows, tmp_path, "sppo", judge, iterations=1).run()
+    assert judge.calls == 0 and {"loss/first", "loss/last", "samples/kl_to_ref", "judge_calls"} <= set(last)
+    assert (tmp_path / "model" / "config.json").exists() and (tmp_path / "results.json").exists()
+    again = make_trainer(tiny_lm, text_rows, tmp_path, "sppo", judge, iterations=1)
+    assert again.run() == last and again.iteration == 1 and judge.calls == 0
+
+
+def test_a_second_process_on_the_run_directory_is_refused(tiny_lm, text_rows, tmp_path):
+    import os
+
+    trainer = make_trainer(tiny_lm, text_rows, tmp_path, "sppo", CountingJudge(), iterations=1)
+    holder = Session(tmp_path, trainer.run_record(), total=1, progress=False)
+    try:
+        with pytest.raises(RunDirectoryError, match=f"in use by process {os.getpid()}"):
+            trainer.run()
+    finally:
+        holder.release()
+    trainer.run()
+    assert trainer.iteration == 1
+
+
+def test_reference_model_is_bitwise_unchanged_by_selfplay(tiny_lm, text_rows, tmp_path, one_torch_thread):
+    from hybridrl.preference.models import load_causal_lm
+
+    trainer = make_trainer(tiny_lm, text_rows, tmp_path, "nash_md", CountingJudge())  # samples from the mixture
+    before = {k: v.detach().clone() for k, v in trainer.ref_model.state_dict().items()}
+    policy_before = params(trainer.model).clone()
+    trainer.run()
+    pristine = load_causal_lm(tiny_lm[0]).state_dict()
+    for key, value in trainer.ref_model.state_dict().items():
+        assert torch.equal(before[key], value) and torch.equal(pristine[key], value), key
+    assert not torch.equal(policy_before, params(trainer.model))
 
 
 def test_mixture_sampling_follows_the_reference_when_alpha_is_one(tiny_lm):

@@ -74,7 +74,7 @@ def test_selfplay_then_rerun_resumes_then_winrate(tiny_lm, prompt_file, tmp_path
     )
     assert again.exit_code == 0 and "0 new judge calls" in again.stdout
     changed = invoke("selfplay", "egpo", "--model", tiny_lm[0], "--prompts", prompt_file, "--out", out, *TINY)
-    one_line_error(changed, "was started with other settings (beta differ)")
+    one_line_error(changed, "holds another run (it differs in method_config.beta)")
 
     matrix_path = tmp_path / "m.json"
     result = invoke(
@@ -101,6 +101,64 @@ def test_selfplay_then_rerun_resumes_then_winrate(tiny_lm, prompt_file, tmp_path
     assert list(matrix) == ["players", "win_rate", "ci_low", "ci_high", "judge", "num_comparisons", "seed"]
     assert matrix["players"] == ["init", "egpo"] and matrix["judge"] == "majority"
     assert matrix["num_comparisons"][0][1] == 12
+
+
+def selfplay_args(tiny_lm, prompt_file, out):
+    args = ["selfplay", "inpo", "--model", tiny_lm[0], "--prompts", prompt_file, "--out", out, *TINY]
+    args[args.index("--iterations") + 1] = 2
+    return args
+
+
+def one_line(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_selfplay_nan_is_one_line_exit_1_and_the_checkpoint_is_kept(tiny_lm, prompt_file, tmp_path, monkeypatch):
+    import torch
+
+    from hybridrl.preference import selfplay
+
+    real_resolve = selfplay.resolve_loss
+
+    def nan_in_the_second_iteration(name):
+        loss, calls = real_resolve(name), []
+
+        def poisoned(pair, config):
+            calls.append(1)
+            value = loss(pair, config)
+            return value if len(calls) <= 2 else value * float("nan")  # 2 steps per iteration
+
+        return poisoned
+
+    monkeypatch.setattr(selfplay, "resolve_loss", nan_in_the_second_iteration)
+    out = tmp_path / "run"
+    one_line(invoke(*selfplay_args(tiny_lm, prompt_file, out)), 1, "training diverged at iteration 1",
+             "last good checkpoint (iteration 1) is kept")
+    kept = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert kept["step"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_selfplay_ctrl_c_is_one_line_exit_130(tiny_lm, prompt_file, tmp_path, monkeypatch):
+    from hybridrl.preference.selfplay import SelfPlayTrainer
+
+    real_update = SelfPlayTrainer.update
+
+    def update_then_ctrl_c(self, *args, iteration, phase):
+        if iteration == 1:
+            raise KeyboardInterrupt
+        return real_update(self, *args, iteration=iteration, phase=phase)
+
+    monkeypatch.setattr(SelfPlayTrainer, "update", update_then_ctrl_c)
+    out = tmp_path / "run"
+    try:
+        result = invoke(*selfplay_args(tiny_lm, prompt_file, out))
+    except KeyboardInterrupt:  # a bare KeyboardInterrupt would end pytest
+        pytest.fail("Ctrl-C escaped the command")
+    one_line(result, 130, f"progress up to iteration 1 is saved in {out}", "rerun the same command to resume")
 
 
 def test_selfplay_bad_input_is_one_line_exit_2(tiny_lm, prompt_file, tmp_path):
