@@ -56,3 +56,16 @@ def test_online_method_refuses_a_dataset_and_offline_refuses_an_env(tmp_path):
     assert result.exit_code == 2 and "offline method" in result.stderr
     result = CliRunner().invoke(app, ["train", "sac", "--env", "pong"])
     assert result.exit_code == 2 and "unknown task 'pong'" in result.stderr
+
+
+def test_eval_of_an_online_run_uses_the_env_it_trained_in(tmp_path):
+    from typer.testing import CliRunner
+
+    from hybridrl.cli import app
+
+    config = RunConfig(steps=60, seed=0, device="cpu", eval_every=0, eval_episodes=1, log_every=20,
+                       checkpoint_every=50, progress=False, learning_starts=20)
+    run_online("sac", "hopper", config, out_dir=tmp_path / "sac", overrides=TINY_SAC)
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "sac"), "--episodes", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("sac (") and "normalized" in result.stdout

@@ -378,6 +378,8 @@ def interrupt_message(out_dir: Path) -> Iterator[None]:
     """For work outside a session's ``with`` (e.g. a final evaluation): Ctrl-C still gets one line."""
     try:
         yield
+    except Interrupted:
+        raise  # a session already said what is saved
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the last checkpoint in {out_dir} is kept: rerun the same command "
                           "to resume") from None
