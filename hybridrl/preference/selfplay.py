@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from hybridrl import registry
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.core.seeding import resolve_device
 from hybridrl.core.session import CHECKPOINT, DivergenceError, Session
@@ -131,6 +132,8 @@ class SelfPlaySpec:
     """A self-play method: its config class, loss name, target construction and sampling needs."""
 
     name: str
+    summary: str
+    """One line for ``hybridrl algos``: the method and its paper."""
     config: type
     """Frozen dataclass of the method's hyperparameters (paper defaults)."""
     loss: str
@@ -152,6 +155,7 @@ def register_selfplay(spec: SelfPlaySpec) -> SelfPlaySpec:
         raise ValueError(f"self-play method {spec.name!r} is already registered")
     resolve_loss(spec.loss)
     SELFPLAY_METHODS[spec.name] = spec
+    registry.register(registry.MethodSpec(name=spec.name, family="selfplay", config=spec.config, summary=spec.summary))
     return spec
 
 
