@@ -10,13 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from hybridrl.core.context import OfflineView
 
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
 # D4RL's dictionary keys for the same fields.
@@ -74,6 +71,16 @@ class MixedBatch(Batch):
         return mask
 
 
+class TransitionTensors(Protocol):
+    """A dataset already on a device, field by field (``core.context.OfflineView`` is one)."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+
+
 def as_tensor(x, device: torch.device) -> torch.Tensor:
     """float32 on ``device`` from an array, a tensor or a number."""
     if isinstance(x, torch.Tensor):
@@ -87,7 +94,8 @@ class TransitionBuffer:
     Args:
         obs_dim, act_dim: sizes of one observation and one action.
         device: where the tensors live and batches are drawn.
-        offline: optional dataset: an ``OfflineView`` (its device tensors are used as they are) or a
+        offline: optional dataset: ``TransitionTensors`` such as an ``OfflineView`` (its device
+            tensors are used as they are) or a
             D4RL-style mapping (observations, actions, rewards, next_observations, terminals) of
             arrays, copied to ``device`` once.
         online_capacity: rows of the ring that ``add`` writes to (0: offline only).
@@ -95,21 +103,21 @@ class TransitionBuffer:
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, device: torch.device | str = "cpu",
-                 offline: Mapping[str, np.ndarray] | OfflineView | None = None, online_capacity: int = 0,
+                 offline: Mapping[str, np.ndarray] | TransitionTensors | None = None, online_capacity: int = 0,
                  seed: int = 0) -> None:
         self.device = torch.device(device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         shapes = {"obs": (obs_dim,), "action": (act_dim,), "reward": (), "next_obs": (obs_dim,), "terminated": ()}
-        if offline is not None and not isinstance(offline, Mapping):  # an OfflineView: shared, not copied
-            self.offline = {name: getattr(offline, name).to(self.device) for name in FIELDS}
-        elif offline is not None:
-            self.offline = {name: as_tensor(offline[D4RL_KEYS[name]], self.device) for name in FIELDS}
-            for name, shape in shapes.items():
-                got = tuple(self.offline[name].shape[1:])
-                if got != shape:
-                    raise ValueError(f"offline {D4RL_KEYS[name]} has rows of shape {got}, expected {shape}")
-        else:
+        if offline is None:
             self.offline = {name: torch.empty((0, *shape), device=self.device) for name, shape in shapes.items()}
+        elif isinstance(offline, Mapping):
+            self.offline = {name: as_tensor(offline[D4RL_KEYS[name]], self.device) for name in FIELDS}
+        else:  # device tensors: shared, not copied
+            self.offline = {name: getattr(offline, name).to(self.device) for name in FIELDS}
+        for name, shape in shapes.items():
+            got = tuple(self.offline[name].shape[1:])
+            if got != shape:
+                raise ValueError(f"offline {D4RL_KEYS[name]} has rows of shape {got}, expected {shape}")
         self.online = {name: torch.zeros((online_capacity, *shape), device=self.device)
                        for name, shape in shapes.items()}
         self.online_capacity = online_capacity
