@@ -20,12 +20,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-
-import torch
-from torch import Tensor
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -84,7 +81,7 @@ class DropReport:
 
 @dataclass
 class TokenizedPairs:
-    """Token ids of every kept pair, ready for :func:`collate_pairs`.
+    """Token ids of every kept pair, ready for a batch layout (:mod:`hybridrl.preference.layouts`).
 
     Chosen and rejected are separate full sequences (prompt + completion) because ``keep_end``
     truncation can cut their prompts differently; ``*_prompt_lengths`` says where each completion starts.
@@ -100,36 +97,6 @@ class TokenizedPairs:
 
     def num_tokens(self) -> int:
         return sum(map(len, self.chosen_ids)) + sum(map(len, self.rejected_ids))
-
-
-def _batch_to(batch, device: torch.device):
-    """A copy of a batch dataclass with every tensor field on ``device``."""
-    return replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True) for f in fields(batch)})
-
-
-@dataclass(frozen=True)
-class PairBatch:
-    """One concatenated batch: rows ``[0, B)`` are prompt+chosen, rows ``[B, 2B)`` prompt+rejected."""
-
-    input_ids: Tensor
-    """``[2B, T]`` token ids, right-padded to the longest row of *this* batch."""
-    attention_mask: Tensor
-    """``[2B, T]`` 1 on real tokens."""
-    completion_mask: Tensor
-    """``[2B, T]`` 1 on completion tokens (the tokens whose log-prob is summed)."""
-    indices: Tensor
-    """``[B]`` dataset index of each pair (to look up cached reference log-probs)."""
-
-    @property
-    def num_pairs(self) -> int:
-        return self.indices.numel()
-
-    def num_tokens(self) -> int:
-        """Non-padding tokens (prompt + completion, chosen + rejected), counted as TRL's ``num_tokens``."""
-        return int(self.attention_mask.sum())
-
-    def to(self, device: torch.device) -> PairBatch:
-        return _batch_to(self, device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,207 +302,18 @@ def tokenize_pairs(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Batching
+# Batching: each layout (its batch, collate and log-prob functions) is a module of
+# hybridrl.preference.layouts; their names stay importable from here, where pairs become batches.
 
-
-def collate_pairs(pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *, pad_token_id: int) -> PairBatch:
-    """Concatenate chosen and rejected of ``indices`` into one right-padded ``[2B, T]`` batch.
-
-    ``T`` is the longest sequence of this batch, never a global maximum.
-    """
-    index_list = [int(i) for i in indices]
-    sequences = [pairs.chosen_ids[i] for i in index_list] + [pairs.rejected_ids[i] for i in index_list]
-    starts = [pairs.chosen_prompt_lengths[i] for i in index_list] + [
-        pairs.rejected_prompt_lengths[i] for i in index_list
-    ]
-    lengths = torch.tensor([len(s) for s in sequences])
-    width = int(lengths.max())
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-    positions = torch.arange(width)
-    attention_mask = (positions < lengths[:, None]).long()
-    completion_mask = attention_mask * (positions >= torch.tensor(starts)[:, None]).long()
-    return PairBatch(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        completion_mask=completion_mask,
-        indices=torch.tensor(index_list, dtype=torch.long),
-    )
-
-
-@dataclass(frozen=True)
-class SharedPromptBatch:
-    """A pair batch whose prompt is stored once: ``B`` left-padded prompts, ``2B`` right-padded completions.
-
-    Rows ``[0, B)`` of the completions are the chosen answers, ``[B, 2B)`` the rejected ones.
-    """
-
-    prompt_ids: Tensor
-    """``[B, P]`` prompt tokens, left-padded (so every prompt ends at the last column)."""
-    prompt_mask: Tensor
-    """``[B, P]`` 1 on real prompt tokens."""
-    completion_ids: Tensor
-    """``[2B, C]`` completion tokens, right-padded."""
-    completion_mask: Tensor
-    """``[2B, C]`` 1 on real completion tokens."""
-    indices: Tensor
-    """``[B]`` dataset index of each pair."""
-
-    @property
-    def num_pairs(self) -> int:
-        return self.indices.numel()
-
-    def num_tokens(self) -> int:
-        """Tokens of the equivalent concatenated batch (prompt counted twice), as TRL counts them."""
-        return int(2 * self.prompt_mask.sum() + self.completion_mask.sum())
-
-    def to(self, device: torch.device) -> SharedPromptBatch:
-        return _batch_to(self, device)
-
-
-def shares_prompts(pairs: TokenizedPairs, indices: Sequence[int]) -> bool:
-    """Whether chosen and rejected start with the same non-empty prompt in every pair of ``indices``."""
-    for i in indices:
-        length = pairs.chosen_prompt_lengths[i]
-        if (
-            length == 0
-            or length != pairs.rejected_prompt_lengths[i]
-            or pairs.chosen_ids[i][:length] != pairs.rejected_ids[i][:length]
-        ):
-            return False
-    return True
-
-
-def collate_shared_prompt(
-    pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *, pad_token_id: int
-) -> SharedPromptBatch:
-    """Batch ``indices`` with each prompt once (see :func:`shares_prompts` for when this is valid)."""
-    index_list = [int(i) for i in indices]
-    prompts = [torch.tensor(pairs.chosen_ids[i][: pairs.chosen_prompt_lengths[i]]) for i in index_list]
-    completions = [
-        torch.tensor(pairs.chosen_ids[i][pairs.chosen_prompt_lengths[i] :]) for i in index_list
-    ] + [torch.tensor(pairs.rejected_ids[i][pairs.rejected_prompt_lengths[i] :]) for i in index_list]
-    pad = torch.nn.utils.rnn.pad_sequence
-    prompt_ids = pad(prompts, batch_first=True, padding_value=pad_token_id, padding_side="left")
-    prompt_mask = pad([torch.ones_like(p) for p in prompts], batch_first=True, padding_side="left")
-    completion_ids = pad(completions, batch_first=True, padding_value=pad_token_id)
-    completion_mask = pad([torch.ones_like(c) for c in completions], batch_first=True)
-    return SharedPromptBatch(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
-        indices=torch.tensor(index_list, dtype=torch.long),
-    )
-
-
-PROMPT, CHOSEN, REJECTED = 0, 1, 2
-"""Values of :attr:`PackedPairBatch.branch`: which part of its pair a packed token belongs to."""
-
-
-@dataclass(frozen=True)
-class PackedPairBatch:
-    """Whole pairs packed side by side into a few rows, each laid out prompt, chosen, rejected.
-
-    Nothing is padded but the tail of a row, and each prompt is stored once. A token attends to the
-    earlier tokens of its own pair's prompt and of its own answer only (the mask is built from
-    ``segment`` and ``branch``), and its position id is the one it has in its own prompt+answer
-    sequence, so every log-prob equals the one of the concatenated batch.
-    """
-
-    input_ids: Tensor
-    """``[R, L]`` token ids of the packed rows (padding only at the end of a row)."""
-    position_ids: Tensor
-    """``[R, L]`` position of each token in its own prompt+answer sequence."""
-    segment: Tensor
-    """``[R, L]`` the pair (its slot in ``indices``) each token belongs to; -1 on padding."""
-    branch: Tensor
-    """``[R, L]`` PROMPT, CHOSEN or REJECTED; -1 on padding."""
-    pred_index: Tensor
-    """``[N]`` flat index ``row * L + column`` of the position whose logits predict each completion token."""
-    target_ids: Tensor
-    """``[N]`` the completion tokens, chosen and rejected of every pair."""
-    owner: Tensor
-    """``[N]`` the sequence each completion token belongs to: slot ``i`` chosen, ``B + i`` rejected."""
-    indices: Tensor
-    """``[B]`` dataset index of each pair."""
-
-    @property
-    def num_pairs(self) -> int:
-        return self.indices.numel()
-
-    def num_tokens(self) -> int:
-        """Tokens of the equivalent concatenated batch (prompt counted twice), as TRL counts them."""
-        return int(2 * (self.branch == PROMPT).sum() + (self.branch > PROMPT).sum())
-
-    def to(self, device: torch.device) -> PackedPairBatch:
-        return _batch_to(self, device)
-
-
-def collate_packed(
-    pairs: TokenizedPairs, indices: Sequence[int] | Tensor, *, pad_token_id: int, row_length: int | None = None
-) -> PackedPairBatch:
-    """Pack the pairs of ``indices`` (which must share their prompts) into rows of at most ``row_length``.
-
-    ``row_length`` (default: the longest pair) is raised to the longest pair if shorter. Pairs go into
-    rows first-fit by decreasing length, which leaves little room at the row ends; attention costs
-    grow with the row length, so rows are kept about as long as the longest pair.
-    """
-    index_list = [int(i) for i in indices]
-    num_pairs = len(index_list)
-    pieces = []
-    for i in index_list:
-        start = pairs.chosen_prompt_lengths[i]
-        pieces.append(
-            (pairs.chosen_ids[i][:start], pairs.chosen_ids[i][start:], pairs.rejected_ids[i][start:])
-        )
-    sizes = [sum(map(len, piece)) for piece in pieces]
-    capacity = max(max(sizes), row_length or 0)
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for slot in sorted(range(num_pairs), key=lambda s: -sizes[s]):
-        fits = next((r for r, free in enumerate(room) if sizes[slot] <= free), None)
-        if fits is None:
-            rows.append([slot])
-            room.append(capacity - sizes[slot])
-        else:
-            rows[fits].append(slot)
-            room[fits] -= sizes[slot]
-    width = capacity - min(room)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    segment = torch.full((len(rows), width), -1, dtype=torch.long)
-    branch = torch.full((len(rows), width), -1, dtype=torch.long)
-    pred_index: list[int] = []
-    target_ids: list[int] = []
-    owner: list[int] = []
-    for r, slots in enumerate(rows):
-        column = 0
-        for slot in slots:
-            prompt, chosen, rejected = pieces[slot]
-            parts = ((PROMPT, prompt, None), (CHOSEN, chosen, slot), (REJECTED, rejected, num_pairs + slot))
-            prompt_last = r * width + column + len(prompt) - 1
-            for part, tokens, sequence in parts:
-                end = column + len(tokens)
-                input_ids[r, column:end] = torch.tensor(tokens, dtype=torch.long)
-                offset = 0 if part == PROMPT else len(prompt)
-                position_ids[r, column:end] = torch.arange(offset, offset + len(tokens))
-                segment[r, column:end] = slot
-                branch[r, column:end] = part
-                if sequence is not None:
-                    # the prompt's last position predicts the first answer token, each token the next
-                    pred_index += [prompt_last, *range(r * width + column, r * width + end - 1)]
-                    target_ids += tokens
-                    owner += [sequence] * len(tokens)
-                column = end
-    return PackedPairBatch(
-        input_ids=input_ids,
-        position_ids=position_ids,
-        segment=segment,
-        branch=branch,
-        pred_index=torch.tensor(pred_index, dtype=torch.long),
-        target_ids=torch.tensor(target_ids, dtype=torch.long),
-        owner=torch.tensor(owner, dtype=torch.long),
-        indices=torch.tensor(index_list, dtype=torch.long),
-    )
+from hybridrl.preference.layouts import (  # noqa: E402, F401  (layouts only type-check against this module)
+    CHOSEN,
+    PROMPT,
+    REJECTED,
+    PackedPairBatch,
+    PairBatch,
+    SharedPromptBatch,
+    collate_packed,
+    collate_pairs,
+    collate_shared_prompt,
+    shares_prompts,
+)

@@ -46,17 +46,12 @@ from hybridrl import registry
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.core.seeding import resolve_device
 from hybridrl.core.session import CHECKPOINT, DivergenceError, Session
-from hybridrl.preference.data import PairBatch, TokenizedPairs
-from hybridrl.preference.logprobs import (
-    _accepts_logits_to_keep,
-    collate,
-    packing_mask_kind,
-    pair_logps,
-    sequence_logps,
-)
+from hybridrl.preference.data import TokenizedPairs
+from hybridrl.preference.logprobs import collate, completion_logps, packing_mask_kind, pair_logps
 from hybridrl.preference.losses import PairLogps, resolve_loss
 from hybridrl.preference.models import disable_dropout
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
+from hybridrl.preference.sampling import sample_completions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -203,122 +198,6 @@ def win_rates(self_preferences: Tensor, opponent_preferences: Tensor | None) -> 
         return opponent_preferences.mean(-1)
     k = self_preferences.size(-1)
     return (self_preferences.sum(-1) - 0.5) / (k - 1)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Sampling
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[r, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-@torch.no_grad()
-def sample_completions(
-    model: torch.nn.Module,
-    prompt_ids: Sequence[Sequence[int]],
-    *,
-    eos_token_id: int,
-    pad_token_id: int,
-    max_new_tokens: int,
-    temperature: float,
-    generator: torch.Generator,
-    mixture: tuple[torch.nn.Module, float] | None = None,
-    batch_size: int = 256,
-) -> list[list[int]]:
-    """One sampled completion (token ids, EOS included when produced) per prompt in ``prompt_ids``.
-
-    With ``mixture=(reference, alpha)`` every next token is drawn from
-    ``softmax(((1 - alpha) * logits_policy + alpha * logits_ref) / temperature)``, the per-token geometric
-    mixture of Nash-MD (TRL's ``GeometricMixtureWrapper``), with both models' KV caches kept.
-    """
-    models = [model] if mixture is None else [model, mixture[0]]
-    device = next(model.parameters()).device
-    states = [m.training for m in models]
-    for m in models:
-        m.eval()
-    out_rows: list[list[int]] = []
-    try:
-        for start in range(0, len(prompt_ids), batch_size):
-            ids, mask = _left_pad(prompt_ids[start : start + batch_size], pad_token_id, device)
-            positions = (mask.cumsum(1) - 1).clamp(min=0)
-            caches: list[Any] = [None] * len(models)
-            tokens, step_mask = ids, mask
-            step_positions = positions
-            done = torch.zeros(ids.size(0), dtype=torch.bool, device=device)
-            generated = []
-            for _ in range(max_new_tokens):
-                logits = []
-                for n, m in enumerate(models):
-                    kwargs = {"logits_to_keep": 1} if _accepts_logits_to_keep(m) else {}
-                    out = m(
-                        input_ids=tokens,
-                        attention_mask=step_mask,
-                        position_ids=step_positions,
-                        past_key_values=caches[n],
-                        use_cache=True,
-                        **kwargs,
-                    )
-                    caches[n] = out.past_key_values
-                    logits.append(out.logits[:, -1].float())
-                mixed = logits[0] if mixture is None else (1 - mixture[1]) * logits[0] + mixture[1] * logits[1]
-                probs = torch.softmax(mixed / temperature, dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                token = torch.where(done, torch.full_like(token, pad_token_id), token)
-                generated.append(token)
-                done |= token == eos_token_id
-                if bool(done.all()):
-                    break
-                tokens = token[:, None]
-                step_mask = torch.cat([step_mask, torch.ones_like(tokens)], dim=1)
-                step_positions = step_positions[:, -1:] + 1
-            new = torch.stack(generated, dim=1).cpu()
-            is_eos = new == eos_token_id
-            # keep the tokens up to and including the first EOS
-            keep = (is_eos.long().cumsum(1) - is_eos.long()) == 0
-            out_rows.extend(row[k].tolist() for row, k in zip(new, keep, strict=True))
-    finally:
-        for m, state in zip(models, states, strict=True):
-            m.train(state)
-    return out_rows
-
-
-@torch.no_grad()
-def completion_logps(
-    model: torch.nn.Module,
-    sequences: Sequence[Sequence[int]],
-    prompt_lengths: Sequence[int],
-    *,
-    pad_token_id: int,
-    batch_size: int = 256,
-) -> Tensor:
-    """``[N]`` float32 summed completion log-probs of full sequences (prompt + completion), no gradient."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for start in range(0, len(sequences), batch_size):
-            rows = sequences[start : start + batch_size]
-            starts = torch.tensor(prompt_lengths[start : start + batch_size])
-            lengths = torch.tensor([len(r) for r in rows])
-            ids = torch.full((len(rows), int(lengths.max())), pad_token_id, dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-            positions = torch.arange(ids.size(1))
-            attention = (positions < lengths[:, None]).long()
-            completion = attention * (positions >= starts[:, None]).long()
-            batch = PairBatch(ids, attention, completion, torch.empty(0, dtype=torch.long)).to(device)
-            out.append(sequence_logps(model, batch)[0].float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -216,13 +216,6 @@ def task_vocabulary_text() -> list[str]:
     return [" ".join(words)]
 
 
-def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    tensors = [torch.tensor(s, dtype=torch.long) for s in sequences]
-    ids = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=pad_id)
-    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(t) for t in tensors], batch_first=True)
-    return ids, mask
-
-
 def sft_warmup(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -235,7 +228,7 @@ def sft_warmup(
     seed: int = 0,
 ) -> list[float]:
     """Supervised fine-tuning on completion tokens (+ EOS); returns the loss per step."""
-    from hybridrl.preference.logprobs import token_logps
+    from hybridrl.preference.tokens import pad, token_logps
 
     prompt_ids = tokenizer(list(prompts))["input_ids"]
     full_ids = tokenizer([p + r + tokenizer.eos_token for p, r in zip(prompts, responses, strict=True)])[
@@ -248,7 +241,7 @@ def sft_warmup(
     losses = []
     for _ in range(steps):
         rows = torch.randint(len(full_ids), (batch_size,), generator=generator).tolist()
-        ids, mask = _pad_right([full_ids[i] for i in rows], tokenizer.pad_token_id)
+        ids, mask = pad([full_ids[i] for i in rows], tokenizer.pad_token_id, side="right")
         starts = torch.tensor([len(prompt_ids[i]) for i in rows])
         completion = mask * (torch.arange(ids.size(1)) >= starts[:, None])
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
@@ -277,49 +270,25 @@ def sample_responses(
     """One sampled answer per prompt (ancestral sampling, seeded) and the mean per-token entropy (nats).
 
     The entropy is that of the sampling distribution at each generated step, averaged over the tokens
-    generated before EOS: a diversity measure that needs no second forward pass.
+    generated up to and including EOS: a diversity measure that needs no second forward pass. Answers
+    are drawn by :func:`hybridrl.preference.sampling.sample` from a generator seeded with ``seed``.
     """
-    was_training = model.training
-    model.eval()
+    from hybridrl.preference.sampling import sample
+
     device = next(model.parameters()).device
-    saved_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    responses: list[str] = []
-    entropy_sum, token_count = 0.0, 0
-    try:
-        for start in range(0, len(prompts), batch_size):
-            encoded = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
-            out = model.generate(
-                input_ids=encoded["input_ids"].to(device),
-                attention_mask=encoded["attention_mask"].to(device),
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-            new_tokens = out.sequences[:, encoded["input_ids"].size(1) :]
-            log_probs = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # [B, steps, V]
-            entropy = -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1)
-            # count the steps up to and including EOS; later steps are padding
-            alive = torch.cumsum((new_tokens == tokenizer.eos_token_id).long(), dim=1)
-            counted = (alive - (new_tokens == tokenizer.eos_token_id).long()) == 0
-            entropy_sum += float((entropy * counted).sum())
-            token_count += int(counted.sum())
-            responses.extend(
-                " " + text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            )
-    finally:
-        tokenizer.padding_side = old_side
-        torch.random.set_rng_state(saved_state)
-        model.train(was_training)
-    return responses, entropy_sum / max(token_count, 1)
+    samples = sample(
+        model,
+        tokenizer(list(prompts))["input_ids"],
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        batch_size=batch_size,
+        entropy=True,
+    )
+    texts = tokenizer.batch_decode(samples.completions, skip_special_tokens=True)
+    return [" " + text.strip() for text in texts], samples.mean_entropy
 
 
 # ---------------------------------------------------------------------------------------------------

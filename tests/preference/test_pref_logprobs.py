@@ -173,3 +173,34 @@ def test_attention_kernels_without_custom_masks_are_not_packed():
     assert packing_mask_kind(model("sdpa")) == "bool"
     assert packing_mask_kind(model("eager")) == "float"
     assert packing_mask_kind(model("flash_attention_2")) is None
+
+
+def test_completion_logps_of_flat_sequences_are_the_concatenated_layouts(setup):
+    from hybridrl.preference.logprobs import completion_logps
+
+    model, tokenizer, pairs = setup
+    indices = [0, 3, 5, 7]
+    with torch.no_grad():
+        expected, _ = sequence_logps(model, collate_pairs(pairs, indices, pad_token_id=tokenizer.pad_token_id))
+    sequences = [pairs.chosen_ids[i] for i in indices] + [pairs.rejected_ids[i] for i in indices]
+    starts = [pairs.chosen_prompt_lengths[i] for i in indices] + [pairs.rejected_prompt_lengths[i] for i in indices]
+    model.train()
+    flat = completion_logps(model, sequences, starts, pad_token_id=tokenizer.pad_token_id, batch_size=3)
+    assert model.training and not flat.requires_grad  # the mode is restored, and no graph is kept
+    model.eval()
+    assert torch.allclose(flat, expected, atol=1e-5)
+
+
+def test_collate_picks_the_layout_and_every_layout_scores_itself_alike(setup):
+    from hybridrl.preference.layouts import PackedPairBatch, PairBatch, SharedPromptBatch, collate, pair_logps
+
+    model, tokenizer, pairs = setup
+    expected = {(False, False): PairBatch, (False, True): PairBatch, (True, False): SharedPromptBatch,
+                (True, True): PackedPairBatch}
+    with torch.no_grad():
+        reference, lengths = sequence_logps(model, collate_pairs(pairs, [1, 4, 6], pad_token_id=tokenizer.pad_token_id))
+        for (share, pack), layout in expected.items():
+            batch = collate(pairs, [1, 4, 6], pad_token_id=tokenizer.pad_token_id, share_prompt=share, pack=pack)
+            assert type(batch) is layout
+            logps, counts = pair_logps(model, batch)
+            assert torch.allclose(logps, reference, atol=1e-5) and torch.equal(counts, lengths)
