@@ -274,18 +274,14 @@ def _train_command(spec: Any) -> Callable[..., None]:
 
     @user_errors
     def command(**kwargs: Any) -> None:
-        from hybridrl.core.config import from_dict, to_dict
+        from hybridrl.core.config import from_dict, parse_assignments, to_dict
         from hybridrl.runners import run
 
         given = {k: kwargs[k] for k in run_fields if kwargs.get(k) is not None}
         run_config = from_dict(RunConfig, {**to_dict(run_defaults), **given})
         overrides = {k: kwargs[k] for k in method_fields if kwargs.get(k) is not None
                      and kwargs[k] != getattr(spec.default_config(), k)}
-        for item in kwargs["param"] or []:
-            if "=" not in item:
-                raise ValueError(f"--set {item!r} is not KEY=VALUE (e.g. --set batch_size=512)")
-            key, value = item.split("=", 1)
-            overrides[key.strip().replace("-", "_")] = value.strip()
+        overrides.update(parse_assignments(kwargs["param"]))
         result = run(spec.name, run_config, dataset=kwargs["dataset"], env=kwargs["env"],
                      eval_env=kwargs["eval_env"], out_dir=kwargs["out"], overrides=overrides,
                      download=kwargs["download"])

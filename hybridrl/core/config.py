@@ -162,16 +162,27 @@ def from_dict(cls: type[T], values: dict[str, Any], *, strict: bool = True) -> T
     return cls(**{k: _convert(v, hints[k], k) for k, v in values.items() if k in names})
 
 
+def parse_assignments(items: list[str] | None, option: str = "--set") -> dict[str, str]:
+    """``["key=value", ...]`` from the command line as ``{key: value}`` (text; dashes in keys become
+    underscores). The values are converted later, by the config they override."""
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option} takes KEY=VALUE (e.g. {option} batch_size=512), got {item!r}")
+        pairs[key.strip().replace("-", "_")] = value.strip()
+    return pairs
+
+
 def with_overrides(config: T, overrides: list[str] | dict[str, Any]) -> T:
-    """Return a copy of ``config`` with ``key=value`` overrides applied and type-checked."""
+    """Return a copy of ``config`` with overrides applied and type-checked: the one override parser.
+
+    ``overrides`` is a dict or a list of ``key=value`` texts; text values are converted to the
+    field's type (``false`` is False, ``256,256`` a tuple), unknown keys are refused with the list
+    of valid ones.
+    """
     if isinstance(overrides, list):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. cql_alpha=5.0)")
-            key, value = item.split("=", 1)
-            pairs[key.strip().replace("-", "_")] = value.strip()
-        overrides = pairs
+        overrides = parse_assignments(overrides)
     values = to_dict(config)
     values.update(overrides)
     return from_dict(type(config), values)

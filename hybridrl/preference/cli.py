@@ -288,13 +288,9 @@ def games_command(
 
 
 def _parse_params(params: list[str] | None) -> dict[str, str]:
-    parsed = {}
-    for item in params or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--param takes KEY=VALUE, got {item!r}")
-        parsed[key.strip().replace("-", "_")] = value.strip()
-    return parsed
+    from hybridrl.core.config import parse_assignments
+
+    return parse_assignments(params, "--param")
 
 
 def _read_prompts(path: Path) -> list[str]:
