@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hybridrl import runners
 from hybridrl.control import datasets
 from hybridrl.control.envs import env_id_for, make_env
 from hybridrl.control.evaluate import evaluate
@@ -37,7 +38,6 @@ from hybridrl.control.scores import d4rl_reference
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.core.config import RunConfig
 from hybridrl.online.sac import SACConfig
-from hybridrl import runners
 from hybridrl.runners import RESULTS, load_trained
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")

@@ -85,7 +85,8 @@ class _EnvStepper:
             action = self.explore.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
         else:
             action = self.act(self.obs[None])[0]
-        next_obs, reward, terminated, truncated, _ = self.env.step(self.low + (action + 1.0) * 0.5 * (self.high - self.low))
+        env_action = self.low + (action + 1.0) * 0.5 * (self.high - self.low)
+        next_obs, reward, terminated, truncated, _ = self.env.step(env_action)
         self.buffer.add(self.obs, action, reward, next_obs, float(terminated))
         self.obs = next_obs
         self.episode_return += float(reward)

@@ -183,7 +183,7 @@ def test_a_training_run_evaluates_in_the_recorded_env_with_its_time_limit(pendul
                        device="cpu")
     result = run("bc", config, dataset=PENDULUM, out_dir=tmp_path / "bc", overrides={"hidden": "8", "batch_size": "8"})
     assert result["eval"]["lengths"] == [30, 30]  # Pendulum-v1's own limit is 200
-    algo, record = load_trained(tmp_path / "bc")
+    _, record = load_trained(tmp_path / "bc")
     assert record["eval_env"] == EnvSpec("Pendulum-v1", {}, 30)
     assert record["action_low"] == [-2.0] and record["action_high"] == [2.0]
 

@@ -67,7 +67,7 @@ class BuildContext:
     action_low: tuple[float, ...]
     """The environment's action bounds. Methods act in [-1, 1]; the loop maps actions to these."""
     action_high: tuple[float, ...]
-    device: torch.device = torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (an immutable value)
     seed: int = 0
     total_steps: int = 1_000_000
     """Steps of the whole run (gradient updates offline, environment steps online)."""

@@ -96,8 +96,8 @@ def _read_json(path: Path, what: str, fix: str) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunDirectoryError(f"{path} is corrupt ({what} is not valid JSON: {err.msg if hasattr(err, 'msg') else err}); "
-                                f"{fix}") from None
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+        raise RunDirectoryError(f"{path} is corrupt ({what} is not valid JSON: {reason}); {fix}") from None
 
 
 def prepare_run_dir(out_dir: Path) -> Path:
@@ -214,8 +214,9 @@ class Session:
             if existing != self.record:
                 differing = _differing(existing, self.record)
                 raise RunDirectoryError(
-                    f"run directory {self.out_dir} holds another run (it differs in {', '.join(differing) or 'its layout'}): "
-                    "rerun with that run's settings to resume it, or pass another --out")
+                    f"run directory {self.out_dir} holds another run (it differs in "
+                    f"{', '.join(differing) or 'its layout'}): rerun with that run's settings to resume it, "
+                    "or pass another --out")
         elif self.main:
             atomic_write_json(path, self.record)
 

@@ -31,18 +31,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from hybridrl import registry
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.core.seeding import resolve_device
 from hybridrl.core.session import CHECKPOINT, DivergenceError, Session
@@ -52,6 +50,18 @@ from hybridrl.preference.losses import PairLogps, resolve_loss
 from hybridrl.preference.models import disable_dropout
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 from hybridrl.preference.sampling import sample_completions
+from hybridrl.preference.selfplay_spec import (  # noqa: F401  (the methods' API, re-exported)
+    SELFPLAY_METHODS,
+    PairTargets,
+    SelfPlaySpec,
+    TargetBuilder,
+    all_pairs,
+    method_config,
+    pair_values,
+    register_selfplay,
+    resolve_selfplay_method,
+    win_rates,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -100,104 +110,6 @@ class SelfPlayConfig:
             raise ValueError(f"prompts_per_iteration must be at least 1 or None, got {self.prompts_per_iteration}")
         if self.learning_rate <= 0 or self.temperature <= 0:
             raise ValueError("learning_rate and temperature must be positive")
-
-
-# ---------------------------------------------------------------------------------------------------
-# What a method contributes
-
-
-@dataclass(frozen=True)
-class PairTargets:
-    """Pairs of answers to train on and their targets; answers are flat indices ``prompt * K + k``."""
-
-    first: Tensor
-    """``[M]`` index of the first answer of each pair (the chosen slot of :class:`PairLogps`)."""
-    second: Tensor
-    """``[M]`` index of the second answer."""
-    extras: dict[str, Tensor]
-    """``[M]`` oracle targets the loss reads (``preference``, ``win_chosen``, ``win_rejected``)."""
-
-
-TargetBuilder = Callable[[Tensor, "Tensor | None", Any], PairTargets]
-"""(self_preferences [P, K, K], opponent_preferences [P, K, K] or None, method config) -> PairTargets."""
-
-
-@dataclass(frozen=True)
-class SelfPlaySpec:
-    """A self-play method: its config class, loss name, target construction and sampling needs."""
-
-    name: str
-    summary: str
-    """One line for ``hybridrl algos``: the method and its paper."""
-    config: type
-    """Frozen dataclass of the method's hyperparameters (paper defaults)."""
-    loss: str
-    """Key of ``losses.LOSSES``."""
-    build_targets: TargetBuilder
-    extragradient: bool = False
-    """Two phases per iteration, the second against the half-step policy from the restored state."""
-    mixture_opponents: bool = False
-    """Opponents sampled from the per-token geometric mixture of policy and reference (Nash-MD);
-    the method config then has ``mixture_coef``."""
-
-
-SELFPLAY_METHODS: dict[str, SelfPlaySpec] = {}
-"""Method name -> spec; filled by the modules of :mod:`hybridrl.preference.selfplay_methods`."""
-
-
-def register_selfplay(spec: SelfPlaySpec) -> SelfPlaySpec:
-    if spec.name in SELFPLAY_METHODS:
-        raise ValueError(f"self-play method {spec.name!r} is already registered")
-    resolve_loss(spec.loss)
-    SELFPLAY_METHODS[spec.name] = spec
-    registry.register(registry.MethodSpec(name=spec.name, family="selfplay", config=spec.config, summary=spec.summary))
-    return spec
-
-
-def resolve_selfplay_method(name: str) -> SelfPlaySpec:
-    """The method called ``name``; unknown names list the valid ones."""
-    importlib.import_module("hybridrl.preference.selfplay_methods")  # explicit imports register them all
-    if name not in SELFPLAY_METHODS:
-        raise ValueError(f"unknown self-play method {name!r}: choose one of {', '.join(SELFPLAY_METHODS)}")
-    return SELFPLAY_METHODS[name]
-
-
-def method_config(spec: SelfPlaySpec, overrides: dict[str, Any] | None = None) -> Any:
-    """The method's config with ``overrides`` (strings are converted to the field's type)."""
-    known = {f.name: f for f in fields(spec.config)}
-    values = {}
-    for key, value in (overrides or {}).items():
-        if key not in known:
-            raise ValueError(f"{spec.name} has no parameter {key!r}: choose one of {', '.join(known)}")
-        default = getattr(spec.config(), key)
-        values[key] = type(default)(value) if isinstance(value, str) and default is not None else value
-    return spec.config(**values)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Helpers the methods share (pure tensor functions)
-
-
-def all_pairs(num_prompts: int, k: int) -> tuple[Tensor, Tensor]:
-    """Flat indices of every pair ``i < j`` of the ``k`` answers of each prompt: ``[P * k(k-1)/2]`` each."""
-    i, j = torch.triu_indices(k, k, 1)
-    base = (torch.arange(num_prompts) * k)[:, None]
-    return (base + i).reshape(-1), (base + j).reshape(-1)
-
-
-def pair_values(matrix: Tensor, first: Tensor, second: Tensor) -> Tensor:
-    """``matrix[p, i, j]`` for flat answer indices ``first = p*k + i``, ``second = p*k + j``."""
-    k = matrix.size(-1)
-    return matrix[first // k, first % k, second % k]
-
-
-def win_rates(self_preferences: Tensor, opponent_preferences: Tensor | None) -> Tensor:
-    r"""``[P, K]`` estimates of :math:`P(y_i \succ \pi_s)`: the mean over the opponents' answers when given,
-    else over the *other* answers of the same policy (leave-one-out, so unbiased for :math:`\pi_t`)."""
-    if opponent_preferences is not None:
-        return opponent_preferences.mean(-1)
-    k = self_preferences.size(-1)
-    return (self_preferences.sum(-1) - 0.5) / (k - 1)
 
 
 # ---------------------------------------------------------------------------------------------------

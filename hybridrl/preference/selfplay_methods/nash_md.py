@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hybridrl.preference.selfplay import PairTargets, SelfPlaySpec, register_selfplay, win_rates
+from hybridrl.preference.selfplay_spec import PairTargets, SelfPlaySpec, register_selfplay, win_rates
 
 
 @dataclass(frozen=True, kw_only=True)

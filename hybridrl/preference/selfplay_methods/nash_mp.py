@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import Tensor
 
-from hybridrl.preference.selfplay import (
+from hybridrl.preference.selfplay_spec import (
     PairTargets,
     SelfPlaySpec,
     all_pairs,

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from hybridrl.preference.selfplay import PairTargets, SelfPlaySpec, all_pairs, pair_values, register_selfplay
+from hybridrl.preference.selfplay_spec import PairTargets, SelfPlaySpec, all_pairs, pair_values, register_selfplay
 
 
 @dataclass(frozen=True, kw_only=True)
