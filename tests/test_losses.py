@@ -80,3 +80,49 @@ def test_lagrange_loss_raises_alpha_prime_when_gap_exceeds_threshold():
 
 def test_bc_mse():
     assert bc_mse_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]])).item() == pytest.approx(0.5)
+
+
+def test_target_policy_smoothing_clips_noise_then_action():
+    from hybridrl.core.losses import target_policy_smoothing
+
+    action = torch.tensor([[0.0, 0.9, -0.95, 0.5]])
+    noise = torch.tensor([[1.0, 1.0, -10.0, -1.0]])  # sigma 0.2: 0.2, 0.2, -2 (clipped to -0.5), -0.2
+    smoothed = target_policy_smoothing(action, noise, noise_std=0.2, noise_clip=0.5)
+    assert torch.allclose(smoothed, torch.tensor([[0.2, 1.0, -1.0, 0.3]]))
+    # No noise, no change.
+    assert torch.equal(target_policy_smoothing(action, torch.zeros_like(action), 0.2, 0.5), action)
+
+
+def test_td3_critic_loss_regresses_every_member_on_the_clipped_double_q_target():
+    from hybridrl.core.losses import td3_critic_loss
+
+    q = torch.tensor([[1.0, 0.0], [2.0, 4.0]])
+    reward, terminated = torch.tensor([1.0, 0.5]), torch.tensor([0.0, 1.0])
+    next_q = torch.tensor([[4.0, 9.0], [2.0, 3.0]])
+    loss, target = td3_critic_loss(q, reward, terminated, next_q, gamma=0.5)
+    # y = (1 + 0.5 * min(4, 2), 0.5 (terminal)) = (2, 0.5)
+    assert torch.allclose(target, torch.tensor([2.0, 0.5]))
+    # member 1: ((1-2)^2 + (0-0.5)^2)/2 = 0.625; member 2: ((2-2)^2 + (4-0.5)^2)/2 = 6.125
+    assert loss.item() == pytest.approx(0.625 + 6.125)
+    assert not target.requires_grad
+
+
+def test_expectile_loss_weights_each_sign():
+    from hybridrl.core.losses import expectile_loss
+
+    diff = torch.tensor([2.0, -1.0])
+    # 0.7 * 4 and 0.3 * 1, averaged
+    assert expectile_loss(diff, 0.7).item() == pytest.approx((2.8 + 0.3) / 2)
+    # tau = 0.5: half the mean squared error, symmetric in the sign
+    assert expectile_loss(diff, 0.5).item() == pytest.approx(0.5 * (4 + 1) / 2)
+    assert expectile_loss(-diff, 0.5).item() == pytest.approx(expectile_loss(diff, 0.5).item())
+
+
+def test_expectile_loss_minimiser_is_the_expectile():
+    from hybridrl.core.losses import expectile_loss
+
+    # Targets {0, 1} with equal weight: the tau-expectile m solves tau (1 - m) = (1 - tau) m, so m = tau.
+    targets = torch.tensor([0.0, 1.0])
+    grid = torch.linspace(0, 1, 1001)
+    losses = torch.stack([expectile_loss(targets - m, 0.7) for m in grid])
+    assert grid[losses.argmin()].item() == pytest.approx(0.7, abs=1e-3)

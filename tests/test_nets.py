@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from hybridrl.core.nets import EnsembleCritic, TanhGaussianActor, soft_update_
@@ -83,3 +84,46 @@ def test_shared_adam_is_fused_and_steps_like_plain_adam():
     for a, b in zip(fused_net.parameters(), plain_net.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     assert (fused_net.weight - initial).abs().max() > 1e-3  # the steps did move the weights
+
+
+def test_value_net_shape():
+    from hybridrl.core.nets import ValueNet
+
+    assert ValueNet(3, hidden=(8,))(torch.randn(5, 3)).shape == (5,)
+
+
+def test_gaussian_actor_log_prob_matches_torch_normal_and_acts_in_bounds():
+    from hybridrl.core.nets import GaussianActor
+
+    torch.manual_seed(0)
+    actor = GaussianActor(3, 2, hidden=(16,))
+    with torch.no_grad():
+        actor.log_std.copy_(torch.tensor([-0.5, 0.3]))
+    obs, action = torch.randn(6, 3), torch.rand(6, 2) * 2 - 1
+    mean = torch.tanh(actor.net(obs))
+    expected = torch.distributions.Normal(mean, actor.log_std.exp()).log_prob(action).sum(-1)
+    assert torch.allclose(actor.log_prob(obs, action), expected, atol=1e-6)
+    assert torch.allclose(actor.act(obs), mean)
+    noisy = actor.act(torch.randn(500, 3) * 100, deterministic=False)
+    assert noisy.abs().max() <= 1.0
+    # The log std is clipped to the official [-5, 2].
+    with torch.no_grad():
+        actor.log_std.fill_(-30.0)
+    assert torch.allclose(actor.distribution_params(obs)[1], torch.full((2,), -5.0))
+
+
+def test_obs_normalizer():
+    from hybridrl.core.nets import ObsNormalizer
+
+    norm = ObsNormalizer(torch.tensor([1.0, -2.0]), torch.tensor([2.0, 0.5]))
+    assert torch.allclose(norm(torch.tensor([[3.0, -1.0]])), torch.tensor([[1.0, 2.0]]))
+    assert list(norm.parameters()) == []  # no optimizer can move the statistics
+    assert set(norm.state_dict()) == {"mean", "std"}
+    x = torch.randn(4, 2)
+    assert torch.equal(ObsNormalizer.identity(2)(x), x)  # bit for bit
+    assert torch.equal(ObsNormalizer.of(norm.mean, norm.std, enabled=False)(x), x)
+    other = ObsNormalizer.identity(2)
+    other.load_state_dict(norm.state_dict())
+    assert torch.equal(other(x), norm(x))
+    with pytest.raises(ValueError, match="positive"):
+        ObsNormalizer(torch.zeros(2), torch.tensor([1.0, 0.0]))

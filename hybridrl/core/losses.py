@@ -50,3 +50,41 @@ def cql_penalty(q_sampled: torch.Tensor, q_data: torch.Tensor, temperature: floa
 def bc_mse_loss(pred_action: torch.Tensor, data_action: torch.Tensor) -> torch.Tensor:
     """Deterministic behaviour cloning: mean squared action error."""
     return F.mse_loss(pred_action, data_action)
+
+
+def target_policy_smoothing(action: torch.Tensor, noise: torch.Tensor, noise_std: float,
+                            noise_clip: float) -> torch.Tensor:
+    """TD3's smoothed target action clip(a' + clip(noise_std * eps, -c, c), -1, 1).
+
+    Args:
+        action: (..., act_dim) target-policy actions in [-1, 1].
+        noise: standard normal draws of the same shape (the caller owns the randomness).
+        noise_std: sigma of the Gaussian noise, in units of the [-1, 1] action range.
+        noise_clip: c, the bound on the noise.
+    """
+    return (action + (noise_std * noise).clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0)
+
+
+def td3_critic_loss(q: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
+                    gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TD3's critic loss: every member regresses on y = r + gamma (1 - d) min_i Qbar_i(s', a~').
+
+    Args:
+        q: (N, B) Q-values of the dataset actions.
+        reward, terminated: (B,).
+        next_q: (N, B) target-critic values at the smoothed target actions.
+    Returns:
+        (sum over members of each member's MSE, the targets (B,) without gradient)
+    """
+    target = clipped_double_q_target(reward, terminated, next_q, gamma)
+    return critic_mse_loss(q, target), target
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric squared loss mean(|tau - 1(u < 0)| u^2) with u = target - prediction.
+
+    Minimised over a constant prediction it gives the tau-expectile of the targets; tau = 0.5 is half
+    the mean squared error, tau -> 1 approaches the maximum (IQL's value loss).
+    """
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()

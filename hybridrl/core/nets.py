@@ -141,3 +141,79 @@ def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging in place: target <- (1 - tau) target + tau source."""
     with torch.no_grad():
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+class ValueNet(nn.Module):
+    """State value V(s): an MLP with one output, (B, obs_dim) -> (B,) (IQL, A2PR)."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (256, 256)) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class GaussianActor(nn.Module):
+    """N(tanh(MLP(s)), diag(exp(log_std))^2) with a learned, state-independent log std (IQL's policy).
+
+    The mean is squashed, the samples are not: ``log_prob`` scores dataset actions under a plain
+    Gaussian (no tanh Jacobian), and ``act`` clips samples into [-1, 1].
+    """
+
+    # The official IQL clips the log std to [-5, 2] (CORL's port uses [-20, 2]).
+    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256)) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def distribution_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (B, act_dim) in [-1, 1] and log std (act_dim,)."""
+        return torch.tanh(self.net(obs)), self.log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log pi(action | obs) summed over action dims: (B,)."""
+        mean, log_std = self.distribution_params(obs)
+        z = (action - mean) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, *, deterministic: bool = True) -> torch.Tensor:
+        mean, log_std = self.distribution_params(obs)
+        if deterministic:
+            return mean
+        return (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1.0, 1.0)
+
+
+class ObsNormalizer(nn.Module):
+    """(obs - mean) / std with the dataset's statistics held as buffers.
+
+    Buffers, not parameters: no optimizer touches them, yet they travel with ``state_dict``, so a
+    restored or evaluated policy normalizes with the numbers it was trained with. ``identity``
+    (mean 0, std 1) returns its input unchanged, bit for bit.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        if mean.shape != std.shape or mean.dim() != 1:
+            raise ValueError(f"mean and std must be equal 1-D shapes, got {tuple(mean.shape)} and {tuple(std.shape)}")
+        if bool((std <= 0).any()):
+            raise ValueError("std must be positive")
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("std", std.detach().clone().float())
+
+    @classmethod
+    def identity(cls, obs_dim: int, device: torch.device | str = "cpu") -> ObsNormalizer:
+        return cls(torch.zeros(obs_dim, device=device), torch.ones(obs_dim, device=device))
+
+    @classmethod
+    def of(cls, obs_mean: torch.Tensor, obs_std: torch.Tensor, *, enabled: bool = True) -> ObsNormalizer:
+        """From a dataset's statistics (``ctx.offline.obs_mean/obs_std``), or the identity when disabled."""
+        if not enabled:
+            return cls.identity(obs_mean.shape[0], obs_mean.device)
+        return cls(obs_mean, obs_std)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.mean) / self.std
