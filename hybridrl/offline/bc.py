@@ -1,7 +1,9 @@
 """Behaviour cloning: a deterministic tanh policy regressed onto the dataset's actions.
 
 The floor every offline method must beat. Defaults follow CORL's ``any_percent_bc`` (2x256 MLP,
-Adam 3e-4, batch 256), trained on all of the data (no top-percent filtering).
+Adam 3e-4, batch 256), trained on all of the data (no top-percent filtering). With
+``normalize_states`` the policy reads observations normalized by the dataset's mean and std, as
+CORL's ``normalize`` option does; the statistics are saved with the policy.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from hybridrl.core.buffers import Batch
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import bc_mse_loss
-from hybridrl.core.nets import DeterministicActor
+from hybridrl.core.nets import DeterministicActor, ObsNormalizer
 from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
 from hybridrl.registry import MethodSpec, register
 
@@ -28,12 +30,19 @@ class BCConfig:
     """Transitions per update."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of the policy MLP."""
+    normalize_states: bool = False
+    """Normalize observations with the dataset's mean and std (CORL's option; off by default)."""
 
 
 class BC:
     def __init__(self, config: BCConfig, ctx: BuildContext) -> None:
         self.config = config
         self.device = ctx.device
+        if config.normalize_states:
+            view = ctx.require_offline("bc with normalize_states")
+            self.normalizer = ObsNormalizer(view.obs_mean, view.obs_std).to(self.device)
+        else:
+            self.normalizer = ObsNormalizer.identity(ctx.obs_dim, self.device)
         self.actor = DeterministicActor(ctx.obs_dim, ctx.act_dim, config.hidden).to(self.device)
         self.optimizers = {"actor": adam(self.actor.parameters(), lr=config.lr)}
         self.steps = 0
@@ -42,7 +51,7 @@ class BC:
         return {"actor": list(self.actor.parameters())}
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        loss = bc_mse_loss(self.actor(batch.obs), batch.action)
+        loss = bc_mse_loss(self.actor(self.normalizer(batch.obs)), batch.action)
         return {"actor": loss}, {"loss/actor": loss.detach()}
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -53,13 +62,17 @@ class BC:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, *, deterministic: bool = True) -> torch.Tensor:
-        return self.actor(obs)
+        return self.actor(self.normalizer(obs))
 
     def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), **optimizer_states(self.optimizers), "steps": self.steps}
+        return {"actor": self.actor.state_dict(), "obs_normalizer": self.normalizer.state_dict(),
+                **optimizer_states(self.optimizers), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.actor.load_state_dict(state["actor"])
+        # Checkpoints written before the option existed have no statistics: they were unnormalized.
+        if "obs_normalizer" in state:
+            self.normalizer.load_state_dict(state["obs_normalizer"])
         load_optimizer_states(self.optimizers, state)
         self.steps = state["steps"]
 
