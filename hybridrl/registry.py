@@ -105,6 +105,8 @@ METHODS: dict[tuple[Family, str], MethodSpec] = {}
 _MODULES = (
     "hybridrl.offline.bc",
     "hybridrl.offline.cql",
+    "hybridrl.offline.iql",
+    "hybridrl.offline.td3bc",
     "hybridrl.online.sac",
     "hybridrl.preference.losses",
     "hybridrl.preference.selfplay_methods",
