@@ -106,3 +106,11 @@ def test_presets_are_sorted_documented_configs():
         values = yaml.safe_load(text)
         assert list(values) == sorted(values), f"{path.name}: keys not sorted"
         assert with_overrides(IQLConfig(), values) == IQLConfig(), f"{path.name}: differs from the paper defaults"
+
+
+def test_q_values_are_in_the_datasets_reward_units():
+    algo, _, _ = build()
+    obs, action = torch.randn(4, 3), torch.rand(4, 2) * 2 - 1
+    scaled = algo.critic(algo.normalizer(obs), action).min(dim=0).values
+    assert algo.reward_scale != 1.0
+    assert torch.allclose(algo.q_values(obs, action) * algo.reward_scale, scaled)

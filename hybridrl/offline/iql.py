@@ -184,8 +184,8 @@ class IQL:
 
     @torch.no_grad()
     def q_values(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """min_i Q_i(s, a) on raw observations, in units of the scaled reward."""
-        return self.critic(self.normalizer(obs), action).min(dim=0).values
+        """min_i Q_i(s, a) on raw observations, in the dataset's reward units (the critic's scale undone)."""
+        return self.critic(self.normalizer(obs), action).min(dim=0).values / self.reward_scale
 
     def state_dict(self) -> dict:
         return {
