@@ -348,40 +348,63 @@ def eval_run(
     typer.echo(line)
 
 
-@app.command("demo")
-@user_errors
-def demo(
-    task: str = "hopper",
-    transitions: int = DEMO_TRANSITIONS,
-    bc_steps: int = 5000,
-    cql_steps: int = 3000,
-    seed: int = 0,
-    device: str = "auto",
-    out: Path = Path("runs/demo"),
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: one per core).")] = None,
-) -> None:
-    """Make a small dataset from real MuJoCo rollouts, train BC and CQL, print their scores."""
-    from hybridrl.control.datasets import local_dataset_ids
-    from hybridrl.core.config import RunConfig
-    from hybridrl.factory import FactoryConfig, make_dataset
-    from hybridrl.factory import dataset_id as factory_dataset_id
-    from hybridrl.runners import run
+def _demo_command() -> Callable[..., None]:
+    """``hybridrl demo``: the methods and budgets of the demo preset (bench/presets/demo.yaml), one
+    ``--METHOD-steps`` option per method."""
+    from hybridrl.bench.suites import preset
 
-    dataset_id = factory_dataset_id(task, "random")
-    if dataset_id not in local_dataset_ids():
-        typer.echo(f"making {dataset_id} ({transitions} transitions of real {task} rollouts)")
-        make_dataset(task, "random", config=FactoryConfig(transitions=transitions, preset="demo"), seed=seed)
-    rows = []
-    for algo, steps in (("bc", bc_steps), ("cql", cql_steps)):
-        run_config = RunConfig(steps=steps, seed=seed, device=device, eval_every=0, log_every=min(500, steps),
-                               checkpoint_every=max(steps // 4, 1), threads=threads)
-        result = run(algo, run_config, dataset=dataset_id, out_dir=out / f"{algo}-s{seed}")
-        rows.append((algo, steps, result))
-    typer.echo(f"\n{'method':<8} {'updates':>8} {'return':>16} {'normalized score':>18}   ({dataset_id}, 10 episodes)")
-    for algo, steps, result in rows:
-        ev = result["eval"]
-        typer.echo(f"{algo:<8} {steps:>8} {ev['mean']:>8.1f} ± {ev['std']:<6.1f} "
-                   f"{ev['normalized_mean']:>9.1f} ± {ev['normalized_std']:<6.1f}")
+    runs = [(str(r["method"]), int(r["steps"])) for r in preset("demo")["runs"]]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("task", keyword, annotation=str, default=typer.Option("hopper", "--task")),
+        inspect.Parameter("transitions", keyword, annotation=int,
+                          default=typer.Option(DEMO_TRANSITIONS, "--transitions")),
+        *(inspect.Parameter(f"{name}_steps", keyword, annotation=int, default=typer.Option(
+            steps, f"--{name.replace('_', '-')}-steps", help=f"Updates of {name}.")) for name, steps in runs),
+        inspect.Parameter("seed", keyword, annotation=int, default=typer.Option(0, "--seed")),
+        inspect.Parameter("device", keyword, annotation=str, default=typer.Option("auto", "--device")),
+        inspect.Parameter("out", keyword, annotation=Path, default=typer.Option(Path("runs/demo"), "--out")),
+        inspect.Parameter("threads", keyword, annotation=Optional[int],  # noqa: UP045
+                          default=typer.Option(None, "--threads", help="torch CPU threads (default: one per core).")),
+    ]
+
+    @user_errors
+    def command(**kwargs: Any) -> None:
+        from hybridrl.control.datasets import local_dataset_ids
+        from hybridrl.core.config import RunConfig
+        from hybridrl.factory import FactoryConfig, make_dataset
+        from hybridrl.factory import dataset_id as factory_dataset_id
+        from hybridrl.runners import run
+
+        task, seed, out = kwargs["task"], kwargs["seed"], kwargs["out"]
+        dataset_id = factory_dataset_id(task, "random")
+        if dataset_id not in local_dataset_ids():
+            typer.echo(f"making {dataset_id} ({kwargs['transitions']} transitions of real {task} rollouts)")
+            make_dataset(task, "random", config=FactoryConfig(transitions=kwargs["transitions"], preset="demo"),
+                         seed=seed)
+        rows = []
+        for algo, _ in runs:
+            steps = kwargs[f"{algo}_steps"]
+            run_config = RunConfig(steps=steps, seed=seed, device=kwargs["device"], eval_every=0,
+                                   log_every=min(500, steps), checkpoint_every=max(steps // 4, 1),
+                                   threads=kwargs["threads"])
+            result = run(algo, run_config, dataset=dataset_id, out_dir=out / f"{algo}-s{seed}")
+            rows.append((algo, steps, result))
+        typer.echo(f"\n{'method':<8} {'updates':>8} {'return':>16} {'normalized score':>18}   "
+                   f"({dataset_id}, 10 episodes)")
+        for algo, steps, result in rows:
+            ev = result["eval"]
+            typer.echo(f"{algo:<8} {steps:>8} {ev['mean']:>8.1f} ± {ev['std']:<6.1f} "
+                       f"{ev['normalized_mean']:>9.1f} ± {ev['normalized_std']:<6.1f}")
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    names = " and ".join(name.upper() for name, _ in runs)
+    command.__doc__ = f"Make a small dataset from real MuJoCo rollouts, train {names}, print their scores."
+    return command
+
+
+app.command("demo")(_demo_command())
 
 
 def _csv(value: str | None, cast=str) -> list | None:
@@ -398,11 +421,14 @@ def _csv(value: str | None, cast=str) -> list | None:
 def bench(
     suite: Annotated[str, typer.Argument(help="quick, offline, online, preference, nash-games, throughput or custom.")],
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods (filter, or the custom grid's).")] = None,
-    datasets: Annotated[str | None, typer.Option(help="Comma-separated datasets / tasks (filter or custom).")] = None,
+    datasets: Annotated[str | None, typer.Option(help="Comma-separated datasets (filter or custom; as a filter, "
+                                                      "also the task of an online run).")] = None,
+    envs: Annotated[str | None, typer.Option(help="Comma-separated envs / tasks (filter or custom; an online "
+                                                  "method given datasets too trains hybrid).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (filter; custom default 0).")] = None,
     steps: Annotated[int | None, typer.Option(help="Override every run's budget.")] = None,
-    param: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter of every run: KEY=VALUE.")]
-    = None,
+    param: Annotated[list[str] | None,
+                     typer.Option("--set", help="Hyperparameter or run setting of every run: KEY=VALUE.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Custom grids: steps between evaluations.")] = None,
     eval_episodes: Annotated[int | None, typer.Option(help="Custom grids: episodes per evaluation.")] = None,
     out: Annotated[Path | None, typer.Option(help="Grid directory (default runs/bench/SUITE).")] = None,
@@ -420,13 +446,13 @@ def bench(
     from hybridrl.bench import suites
     from hybridrl.bench.runner import run_grid
 
-    method_list, dataset_list, seed_list = _csv(methods), _csv(datasets), _csv(seeds, int)
+    method_list, dataset_list, env_list, seed_list = _csv(methods), _csv(datasets), _csv(envs), _csv(seeds, int)
     if suite == "custom":
         specs = suites.custom(method_list or [], dataset_list or [], seed_list or [0], steps or 1_000_000,
-                              eval_every=eval_every or 0, eval_episodes=eval_episodes or 10)
+                              eval_every=eval_every or 0, eval_episodes=eval_episodes or 10, envs=env_list)
     else:
-        specs = suites.select(suites.suite(suite), methods=method_list, datasets=dataset_list, seeds=seed_list,
-                              steps=steps)
+        specs = suites.select(suites.suite(suite), methods=method_list, datasets=dataset_list, envs=env_list,
+                              seeds=seed_list, steps=steps)
     if param:
         specs = suites.with_overrides(specs, param)
     if list_runs:

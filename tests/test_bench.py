@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from _support import TINY_DATASET
@@ -56,7 +57,8 @@ def test_select_filters_and_rebudgets():
 def test_unknown_suite_method_and_kind_are_clear_errors():
     with pytest.raises(ValueError, match="unknown suite 'd4rl-everything'"):
         suites.suite("d4rl-everything")
-    with pytest.raises(ValueError, match="unknown method 'not-a-method': use one of bc, cql, sac, dpo"):
+    with pytest.raises(ValueError, match=r"unknown method 'not-a-method': use one of bc, .*sac, .*dpo, .*inpo.*"
+                                         r"or a bench label \(dpo-majority, fdpo-fkl, fdpo-js, nash\)"):
         suites.custom(["not-a-method"], ["x"], [0], steps=10)
     with pytest.raises(ValueError, match="unknown run kind"):
         RunSpec("training", "bc", "x")
@@ -66,6 +68,106 @@ def test_custom_grid_takes_each_kind_from_the_registry():
     specs = suites.custom(["bc", "sac"], ["d"], [0, 1], steps=5)
     assert {(s.kind, s.method) for s in specs} == {("offline", "bc"), ("online", "sac")}
     assert len(specs) == 4
+    # bench labels take the kind of the preset file that defines them; registry names their family
+    kinds = {s.method: s.kind for s in suites.custom(["fdpo-js", "dpo", "nash-mp", "nash"], ["t"], [0], steps=1)}
+    assert kinds == {"fdpo-js": "preference", "dpo": "preference", "nash_mp": "selfplay", "nash": "games"}
+
+
+def test_a_custom_grid_names_datasets_and_envs_apart():
+    [online] = suites.custom(["sac"], [], [0], steps=5, envs=["hopper"])
+    assert (online.dataset, online.env, online.run_id) == (None, "hopper", "online-sac-hopper-s0")
+    [hybrid] = suites.custom(["sac"], [TINY_DATASET], [0], steps=5, envs=["hopper"])
+    assert (hybrid.dataset, hybrid.env) == (TINY_DATASET, "hopper")
+    assert hybrid.run_id == "online-sac-hybridrl_hopper_random-v0_hopper-s0"
+    assert RunSpec.from_dict(hybrid.to_dict()) == hybrid
+    with pytest.raises(ValueError, match="takes no env"):
+        RunSpec("games", "nash", "games-n4-beta0.1", "hopper")
+    with pytest.raises(ValueError, match="neither a dataset nor an env"):
+        RunSpec("online", "sac")
+
+
+def test_quick_suite_run_ids_and_directories_stay_the_same():
+    ids = [s.run_id for s in suites.suite("quick")]
+    assert ids[:3] == ["offline-cql-hybridrl_hopper_medium-quick-v0-s0",
+                       "offline-cql-hybridrl_hopper_medium-quick-v0-s1", "online-sac-hopper-s0"]
+    sac = suites.suite("quick")[2]
+    assert (sac.dataset, sac.env) == (None, "hopper")
+    # spec.json keeps "dataset" as what the run trains on, which the report groups by
+    assert sac.to_dict()["dataset"] == "hopper" and sac.to_dict()["inputs"] == {"dataset": None, "env": "hopper"}
+
+
+def test_a_spec_json_written_before_envs_were_named_apart_is_the_same_run(store, tmp_path):
+    spec = RunSpec("online", "sac", env="hopper", steps=5, suite="quick")
+    old = {k: v for k, v in spec.to_dict().items() if k != "inputs"}  # dataset: the env
+    run_dir = tmp_path / spec.run_id
+    run_dir.mkdir()
+    (run_dir / "spec.json").write_text(json.dumps(old))
+    (run_dir / "scores.json").write_text(json.dumps({"kind": "online", "method": "sac", "dataset": "hopper",
+                                                      "seed": 0, "metric": "return", "score": 1.0}))
+    assert RunSpec.from_dict(old) == spec
+    result = run_grid([spec], tmp_path, workers=1, echo=lambda _: None)
+    assert result.skipped == [spec.run_id]
+
+
+def test_a_hybrid_grid_trains_on_the_dataset_and_in_the_env(store, tmp_path):
+    specs = suites.with_overrides(
+        suites.custom(["sac"], [TINY_DATASET], [0], steps=40, eval_episodes=1, envs=["hopper"]),
+        ["hidden=32,32", "batch_size=32", "learning_starts=20"])
+    result = run_grid(specs, tmp_path, workers=1, threads=1, device="cpu", echo=lambda _: None)
+    assert result.finished == [specs[0].run_id], result.failed
+    config = json.loads((tmp_path / specs[0].run_id / "config.json").read_text())
+    assert config["dataset"] == TINY_DATASET and config["run"]["learning_starts"] == 20
+    assert config["plan"]["source"] == "hybrid"
+
+
+def test_preset_and_suite_files_have_sorted_keys_and_say_what_they_are():
+    import yaml
+
+    def unsorted(node, where):
+        if isinstance(node, dict):
+            keys = [str(k) for k in node]
+            found = [where] if keys != sorted(keys) else []
+            return found + [u for k, v in node.items() for u in unsorted(v, f"{where}.{k}")]
+        if isinstance(node, list):
+            return [u for i, v in enumerate(node) for u in unsorted(v, f"{where}[{i}]")]
+        return []
+
+    files = sorted(suites.PRESETS.rglob("*.yaml"))
+    assert {p.stem for p in (suites.PRESETS / "suites").glob("*.yaml")} == set(suites.SUITES)
+    for path in files:
+        text = path.read_text()
+        assert text.startswith("# "), f"{path.name} does not say what it is"
+        assert unsorted(yaml.safe_load(text), path.name) == []
+
+
+def test_bench_code_names_no_method():
+    from hybridrl import registry
+
+    names = {s.name for s in registry.load_all()} | set(suites.labels())
+    for module in (suites, execute, sys.modules["hybridrl.bench.runner"]):
+        source = Path(module.__file__).read_text()
+        assert not [n for n in names if f'"{n}"' in source], module.__name__
+
+
+def test_a_bad_suite_file_is_one_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "mine.yaml"
+    path.write_text("# a suite\nruns:\n  - {kind: offline, methods: [bc], datasets: [d], seeds: [0], stesp: 5}\n")
+    monkeypatch.setitem(suites.SUITES, "mine", path)
+    with pytest.raises(ValueError, match=r"mine.yaml, run entry 1: unknown key\(s\) \['stesp'\]"):
+        suites.suite("mine")
+    path.write_text("# a suite\nruns:\n  - {kind: winrate, judge: weighted, players: [nobody], seeds: [0]}\n")
+    with pytest.raises(ValueError, match="players name no earlier group"):
+        suites.suite("mine")
+
+
+def test_demo_options_come_from_its_preset():
+    from typer.testing import CliRunner
+
+    from hybridrl.cli import app
+
+    text = CliRunner().invoke(app, ["demo", "--help"], terminal_width=200).output
+    for run in suites.preset("demo")["runs"]:
+        assert f"--{run['method']}-steps" in text and str(run["steps"]) in text
 
 
 def test_grid_runs_once_then_skips_finished_runs(store, tmp_path):
@@ -83,7 +185,7 @@ def test_grid_runs_once_then_skips_finished_runs(store, tmp_path):
     bc = read_scores(tmp_path / grid[0].run_id)
     assert bc["metric"] == "normalized_score" and bc["score"] == bc["normalized_score"]
     games = read_scores(tmp_path / grid[-1].run_id)
-    assert set(games["final_gap"]) == set(suites.GAME_METHODS)
+    assert set(games["final_gap"]) == set(execute.games_settings(grid[-1]).methods)
     assert games["gap_curves"]["nash_mp"]["iterations"][-1] == 50
 
     stamps = {s.run_id: (tmp_path / s.run_id / "scores.json").stat().st_mtime_ns for s in grid}
@@ -174,7 +276,8 @@ def test_preference_and_selfplay_runs_and_their_win_rate_matrix(tmp_path):
     assert read_scores(tmp_path / runs[1].run_id)["judge_calls"] > 0
     # evaluation settings never leak into training: self-play samples its own K answers per prompt
     run = json.loads((tmp_path / runs[1].run_id / "config.json").read_text())["run"]
-    assert run["samples_per_prompt"] == execute.SELFPLAY_RUN["samples_per_prompt"] and run["batch_size"] == 8
+    assert run["samples_per_prompt"] == suites.preset("selfplay")["settings"]["samples_per_prompt"]
+    assert run["batch_size"] == 8
     table = read_scores(tmp_path / matrix.run_id)["win_rate_matrix"]
     assert table["players"] == ["dpo-majority", "inpo", "sft"] and table["judge"] == "majority"
     win = table["win_rate"]
@@ -184,15 +287,53 @@ def test_preference_and_selfplay_runs_and_their_win_rate_matrix(tmp_path):
             assert win[i][j] + win[j][i] == pytest.approx(1.0)
 
 
-def test_preference_settings_are_checked(tmp_path):
-    from hybridrl.bench.execute import _typed_settings
+def test_run_settings_go_through_the_one_override_parser():
+    spec = RunSpec("preference", "dpo-majority", suites.BUNDLED_PREF_TASK, overrides={"learning_rate": "3e-4"})
+    method, loss, settings = execute.pairwise_settings(spec)
+    assert (method, loss) == ("dpo", {})
+    assert settings.learning_rate == 3e-4 and settings.batch_size == 32 and settings.judge == "majority"
+    with pytest.raises(ValueError, match=r"unknown PairwiseRun field\(s\) \['lr'\]; valid: \[.*'learning_rate'"):
+        execute.pairwise_settings(replace(spec, overrides={"lr": "1"}))
+    with pytest.raises(ValueError, match="batch_size must be int"):
+        execute.pairwise_settings(replace(spec, overrides={"batch_size": "many"}))
+    # a self-play override that is no run setting is a hyperparameter of the method, typed by its config
+    settings, config = execute.selfplay_settings(RunSpec("selfplay", "inpo", suites.BUNDLED_PREF_TASK,
+                                                         overrides={"eta": "2", "batch_size": "8"}))
+    assert config.eta == 2.0 and config.tau == suites.preset("selfplay")["methods"]["inpo"]["tau"]
+    assert settings.batch_size == 8 and settings.judge == "majority"
 
-    assert _typed_settings({"batch_size": 32, "learning_rate": 1e-4}, {"learning_rate": "3e-4"}) == {
-        "batch_size": 32, "learning_rate": 3e-4}
-    with pytest.raises(ValueError, match="unknown setting"):
-        _typed_settings({"batch_size": 32}, {"lr": "1"})
-    with pytest.raises(ValueError, match="expected a int"):
-        _typed_settings({"batch_size": 32}, {"batch_size": "many"})
+
+def test_set_false_reaches_a_run_as_false(monkeypatch, tmp_path):
+    import hybridrl.runners
+
+    seen = {}
+
+    def fake_run(method, run_config, **kwargs):
+        seen.update(method=method, run=run_config, **kwargs)
+        return {"eval": {"std": 0.0, "normalized_std": 0.0}, "normalized_score": 1.0, "return_mean": 2.0}
+
+    monkeypatch.setattr(hybridrl.runners, "run", fake_run)
+    [spec] = suites.with_overrides(suites.custom(["cql"], [TINY_DATASET], [0], steps=10),
+                                   ["tensorboard=false", "lagrange=false", "learning_starts=7"])
+    execute.EXECUTORS[spec.kind](spec, tmp_path, "cpu", 1)
+    assert seen["run"].tensorboard is False and seen["run"].learning_starts == 7
+    assert seen["overrides"] == {"lagrange": "false"}
+    _, config = execute.rl_settings(spec)
+    assert config.lagrange is False
+    with pytest.raises(ValueError, match="tensorboard must be true or false"):
+        suites.with_overrides([spec], ["tensorboard=maybe"])
+
+
+def test_unknown_or_misplaced_settings_fail_before_any_run():
+    quick = suites.suite("quick")
+    with pytest.raises(ValueError, match=r"offline-bc-.*unknown setting\(s\) \['batch_sise'\] for bc: its hyper"):
+        suites.with_overrides(suites.select(quick, methods=["bc"]), ["batch_sise=64"])
+    with pytest.raises(ValueError, match="not --set"):
+        suites.with_overrides(suites.select(quick, methods=["bc"]), ["steps=64"])
+    # SAC's learning_starts is a run setting: the default is the one SAC always had
+    sac = suites.select(quick, methods=["sac"])
+    assert execute.rl_settings(sac[0])[0].learning_starts == 5000
+    assert execute.rl_settings(suites.with_overrides(sac, ["learning_starts=100"])[0])[0].learning_starts == 100
 
 
 def test_game_labels_parse_or_fail_clearly():

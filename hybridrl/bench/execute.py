@@ -1,56 +1,157 @@
 """What one run of a grid does, per kind: train (resuming), evaluate, return the scores.
 
 Every executor takes ``(spec, run_dir, device, threads)`` and returns the kind's scores (the fields
-``scores.json`` holds beside the common ones; see ``runner``). The training loops underneath
+``scores.json`` holds beside the common ones; see ``runner``); ``EXECUTORS`` keys them by run kind,
+and the RL families share one executor, the RL loop of ``runners``. The training loops underneath
 checkpoint into ``run_dir``, so a run killed midway resumes where it stopped.
+
+A run's settings are typed (``SETTINGS``, by kind): the values come from the kind's preset file
+(``presets/KIND.yaml``), and a run's overrides go through ``core.config``'s parser.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from hybridrl.bench.suites import BUNDLED_PREF_TASK, GAME_METHODS, RunSpec
+from hybridrl.bench.suites import BUNDLED_PREF_TASK, RunSpec, preset
 from hybridrl.core.checkpoint import atomic_write_json
+from hybridrl.core.config import RunConfig, from_dict, to_dict, with_overrides
+from hybridrl.registry import RL_FAMILIES
 
-PREFERENCE_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "dpo": ("dpo", {}, {}),
-    "fdpo-js": ("fdpo", {"divergence": "js_divergence"}, {}),
-    "fdpo-fkl": ("fdpo", {"divergence": "forward_kl"}, {}),
-    "ipo": ("ipo", {}, {}),
-    # DPO on the pairs relabelled by the intransitive judge the Nash methods are trained and judged with
-    "dpo-majority": ("dpo", {}, {"labels": "majority", "judge": "majority"}),
-}
-"""Bench name -> (``hybridrl pref train`` method, loss overrides, run settings)."""
+T = TypeVar("T")
 
-PREFERENCE_TRAINING = {"batch_size": 32, "learning_rate": 1e-4, "beta": 0.1, "labels": "task"}
-"""CPU-sized settings picked on the synthetic task (see benchmarks/configs/preference/winrate.yaml).
-``labels``: ``task`` trains on the task's pairs as labelled; a judge name relabels them first (ties
-dropped), so that DPO learns the preferences the self-play methods are judged by."""
-PREFERENCE_EVAL = {"eval_prompts": 200, "eval_samples": 2, "judge": "weighted"}
-"""Held-out prompts, answers per prompt and judge of the win rates against SFT (and of the matrices)."""
-
-SELFPLAY_RUN = {"samples_per_prompt": 4, "prompts_per_iteration": 512, "steps_per_iteration": 30,
-                "batch_size": 64, "learning_rate": 1e-4, "max_new_tokens": 12, "judge": "majority"}
-"""Self-play run settings sized for the tiny model (benchmarks/configs/preference/nash_selfplay.yaml)."""
-SELFPLAY_METHOD_SETTINGS = {"inpo": {"eta": 4.0, "tau": 0.0833}, "sppo": {"eta": 4.0},
-                            "nash_mp": {"eta": 5.0, "beta": 0.1}, "egpo": {"beta": 0.1}}
-"""The papers' step sizes target 7B models (targets of hundreds of nats); the tiny model's answers have
-log-probs of a few nats, so these were picked on seed 0 (see the benchmark config's comment)."""
+# Run settings per kind: typed, with a docstring per field. Their values come from the kind's preset
+# (presets/KIND.yaml: ``settings``, then a bench label's), then the run's overrides, all through the one
+# override parser (core.config), which converts text to each field's type and rejects unknown keys.
 
 
-def _run_config(spec: RunSpec, device: str, threads: int | None):
-    from hybridrl.core.config import RunConfig
+@dataclass(frozen=True, kw_only=True)
+class PreferenceEval:
+    """How a trained language model is judged: against the task's SFT model, and in win-rate matrices."""
 
+    eval_prompts: int
+    """Held-out prompts (the first ones of the task's test prompts)."""
+    eval_samples: int
+    """Answers sampled per prompt and model."""
+    judge: str
+    """Judge of the comparisons (a name ``preference.oracles.resolve_judge`` knows)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairwiseRun(PreferenceEval):
+    """A pairwise preference run: training from the SFT model on the task's pairs, then its evaluation."""
+
+    batch_size: int
+    """Pairs per optimizer step."""
+    learning_rate: float
+    """Optimizer learning rate."""
+    beta: float
+    """Strength of the reference term of the loss (replaces the method's own)."""
+    labels: str
+    """``task``: train on the task's pairs as labelled; a judge name relabels them first (ties dropped)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelfPlayRun(PreferenceEval):
+    """A self-play run: iterations of sampling, judging and updating, then its evaluation (``judge``
+    judges both)."""
+
+    samples_per_prompt: int
+    """Answers sampled per prompt per iteration."""
+    prompts_per_iteration: int
+    """Prompts sampled per iteration."""
+    steps_per_iteration: int
+    """Optimizer steps per iteration."""
+    batch_size: int
+    """Pairs per optimizer step."""
+    learning_rate: float
+    """Optimizer learning rate."""
+    max_new_tokens: int
+    """Longest sampled answer, in tokens."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WinRateRun(PreferenceEval):
+    """A win-rate matrix over the models of other runs of the grid and the SFT model."""
+
+    players: tuple[str, ...]
+    """Run ids of the players, in the matrix's order (the SFT model comes last)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GamesRun:
+    """Duality gaps of tabular Nash methods on random games."""
+
+    methods: tuple[str, ...]
+    """Tabular methods (registry family games), measured side by side."""
+    games: int
+    """Random games per method (medians and quartiles are over them)."""
+    score_method: str
+    """The method whose final gap is the run's score."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThroughputRun:
+    """A throughput measurement of one method."""
+
+    seconds: float
+    """Wall time of the timed updates of each measurement."""
+
+
+def _settings(cls: type[T], *layers: Mapping[str, Any]) -> T:
+    """``cls`` built from ``layers`` (later ones win) through the one override parser."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update(layer)
+    names = {f.name for f in fields(cls)}
+    missing = sorted(names - set(values))
+    if missing:
+        raise ValueError(f"{cls.__name__} lacks {missing}: the kind's preset file must set them")
+    return from_dict(cls, values)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _run_config(spec: RunSpec, device: str, threads: int | None) -> RunConfig:
+    """The RL run's config: budget, seed and evaluation from the spec, cadence from the budget, and any
+    override of a run setting (learning_starts, buffer_size, offline_fraction, updates_per_step...)."""
     steps = spec.steps
-    return RunConfig(steps=steps, seed=spec.seed, device=device, eval_every=spec.eval_every,
+    base = RunConfig(steps=steps, seed=spec.seed, device=device, eval_every=spec.eval_every,
                      eval_episodes=spec.eval_episodes, log_every=max(1, min(1000, steps // 10)),
                      checkpoint_every=max(1, min(10_000, steps // 5)), progress=False, threads=threads)
+    return with_overrides(base, {k: v for k, v in spec.overrides.items() if k in _field_names(RunConfig)})
+
+
+_SPEC_OWNED = ("steps", "seed", "eval_every", "eval_episodes", "device", "threads")
+"""Run settings that the spec or the grid sets (--steps, --seeds, eval settings, --device, --threads)."""
+
+
+def rl_settings(spec: RunSpec, device: str = "auto", threads: int | None = None) -> tuple[RunConfig, Any]:
+    """(run config, method config) of an RL run: each override goes to the one that has the field."""
+    from hybridrl import registry
+
+    owned = sorted(set(spec.overrides) & set(_SPEC_OWNED))
+    if owned:
+        raise ValueError(f"{', '.join(owned)} of a run come from the suite or the grid options "
+                         "(--steps, --seeds, --eval-every, --eval-episodes, --device, --threads), not --set")
+    method = registry.get(spec.method, families=RL_FAMILIES)
+    config = method.default_config()
+    run_fields, method_fields = _field_names(RunConfig), _field_names(type(config))
+    unknown = sorted(set(spec.overrides) - run_fields - method_fields)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for {spec.method}: its hyperparameters are "
+                         f"{sorted(method_fields)}; run settings {sorted(run_fields - set(_SPEC_OWNED))}")
+    return (_run_config(spec, device, threads),
+            with_overrides(config, {k: v for k, v in spec.overrides.items() if k in method_fields}))
 
 
 def _rl_scores(result: dict[str, Any]) -> dict[str, Any]:
@@ -62,38 +163,86 @@ def _rl_scores(result: dict[str, Any]) -> dict[str, Any]:
             "normalized_score": normalized, "normalized_std": ev.get("normalized_std")}
 
 
-def run_offline_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
+def run_rl_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
+    """An offline, online or hybrid run: the one RL loop, on the spec's dataset and env."""
     from hybridrl.bench import bundled
     from hybridrl.runners import run
 
     if spec.dataset in bundled.DATASETS:
         bundled.install_datasets()
-    result = run(spec.method, _run_config(spec, device, threads), dataset=spec.dataset, out_dir=run_dir,
-                 overrides=dict(spec.overrides))
+    run_config, _ = rl_settings(spec, device, threads)  # checks every override before training starts
+    method_overrides = {k: v for k, v in spec.overrides.items() if k not in _field_names(RunConfig)}
+    result = run(spec.method, run_config, dataset=spec.dataset, env=spec.env, out_dir=run_dir,
+                 overrides=method_overrides)
     return _rl_scores(result)
 
 
-def run_online_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
-    from hybridrl.runners import run
+def pairwise_settings(spec: RunSpec) -> tuple[str, dict[str, Any], PairwiseRun]:
+    """(registered preference method, its loss overrides, run settings) of a pairwise run: a bench
+    label's (presets/preference.yaml) or a registered method's own."""
+    from hybridrl import registry
 
-    result = run(spec.method, _run_config(spec, device, threads), env=spec.dataset, out_dir=run_dir,
-                 overrides=dict(spec.overrides))
-    return _rl_scores(result)
+    presets = preset("preference")
+    recipe = presets.get("labels", {}).get(spec.method)
+    if recipe is None:
+        recipe = {"method": registry.get(spec.method, families=("preference",)).name}
+    settings = _settings(PairwiseRun, presets["eval"], presets["settings"], recipe.get("settings", {}),
+                         spec.overrides)
+    return recipe["method"], recipe.get("loss", {}), settings
 
 
-def _typed_settings(defaults: dict[str, Any], overrides: dict[str, Any], *,
-                    other_keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Defaults updated by overrides, each cast to its default's type (``--set`` gives text)."""
-    unknown = sorted(set(overrides) - set(defaults) - set(other_keys))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}: this run takes {', '.join([*defaults, *other_keys])}")
-    settings = {**defaults, **overrides}
-    for key, default in defaults.items():
-        try:
-            settings[key] = type(default)(settings[key])
-        except ValueError:
-            raise ValueError(f"bad value {settings[key]!r} for {key}: expected a {type(default).__name__}") from None
-    return settings
+def selfplay_settings(spec: RunSpec) -> tuple[SelfPlayRun, Any]:
+    """(run settings, method config) of a self-play run: an override that is no run setting is a
+    hyperparameter of the method (presets/selfplay.yaml sizes some for the tiny model)."""
+    from hybridrl import registry
+
+    presets = preset("selfplay")
+    run_keys = _field_names(SelfPlayRun)
+    settings = _settings(SelfPlayRun, preset("preference")["eval"], presets["settings"],
+                         {k: v for k, v in spec.overrides.items() if k in run_keys})
+    method = registry.get(spec.method, families=("selfplay",))
+    config = with_overrides(method.config(), {**presets.get("methods", {}).get(method.name, {}),
+                                              **{k: v for k, v in spec.overrides.items() if k not in run_keys}})
+    return settings, config
+
+
+def winrate_settings(spec: RunSpec) -> WinRateRun:
+    return _settings(WinRateRun, preset("preference")["eval"], spec.overrides)
+
+
+def games_settings(spec: RunSpec) -> GamesRun:
+    """A games run's settings; its method is a bench label (presets/games.yaml) or one tabular method."""
+    from hybridrl import registry
+
+    presets = preset("games")
+    label = presets.get("labels", {}).get(spec.method)
+    if label is None:
+        label = {"methods": [registry.get(spec.method, families=("games",)).name]}
+    return _settings(GamesRun, presets["settings"], label, spec.overrides)
+
+
+def throughput_settings(spec: RunSpec) -> ThroughputRun:
+    return _settings(ThroughputRun, preset("throughput")["settings"], spec.overrides)
+
+
+SETTINGS: dict[str, Callable[[RunSpec], Any]] = {
+    **dict.fromkeys(RL_FAMILIES, rl_settings),
+    "preference": pairwise_settings,
+    "selfplay": selfplay_settings,
+    "games": games_settings,
+    "throughput": throughput_settings,
+    "winrate": winrate_settings,
+}
+"""Run kind -> the typed settings of a run of that kind (raises on an unknown key or a bad value)."""
+
+
+def resolved_settings(spec: RunSpec) -> Any:
+    """The typed settings of ``spec``; a ValueError names the run when its overrides do not fit."""
+    try:
+        return SETTINGS[spec.kind](spec)
+    except (KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise ValueError(f"{spec.run_id}: {message}") from None
 
 
 def _require_lm() -> None:
@@ -122,8 +271,6 @@ def _pref_task(dataset: str) -> Path:
 def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
     """Pairwise training from the task's SFT model, then win rate against it on held-out prompts."""
     _require_lm()
-    from dataclasses import replace
-
     import torch
 
     from hybridrl.preference.data import load_preference_dataset, tokenize_pairs
@@ -133,23 +280,20 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
     from hybridrl.preference.trainer import PairwiseTrainer, TrainConfig
 
     quiet_hf_libraries()
-    if spec.method not in PREFERENCE_RECIPES:
-        raise ValueError(f"unknown preference method {spec.method!r}: use {', '.join(PREFERENCE_RECIPES)}")
     if threads:
         torch.set_num_threads(threads)
-    name, loss_overrides, recipe_settings = PREFERENCE_RECIPES[spec.method]
-    settings = _typed_settings({**PREFERENCE_TRAINING, **PREFERENCE_EVAL}, {**recipe_settings, **spec.overrides})
-    loss_config = replace(resolve_method(name), **loss_overrides, beta=settings["beta"])
+    name, loss_overrides, settings = pairwise_settings(spec)
+    loss_config = with_overrides(resolve_method(name), {**loss_overrides, "beta": settings.beta})
     task = _pref_task(spec.dataset)
     tokenizer = load_tokenizer(task / "sft_model")
     rows = load_preference_dataset(task / "pairs.jsonl")
-    if settings["labels"] != "task":
-        rows = relabel_pairs(resolve_judge(settings["labels"]), rows)
+    if settings.labels != "task":
+        rows = relabel_pairs(resolve_judge(settings.labels), rows)
     pairs, _ = tokenize_pairs(rows, tokenizer)
     trainer = PairwiseTrainer(
         model=load_causal_lm(task / "sft_model"), tokenizer=tokenizer, pairs=pairs, loss_config=loss_config,
-        train_config=TrainConfig(steps=spec.steps, batch_size=settings["batch_size"],
-                                 learning_rate=settings["learning_rate"], seed=spec.seed, progress=False,
+        train_config=TrainConfig(steps=spec.steps, batch_size=settings.batch_size,
+                                 learning_rate=settings.learning_rate, seed=spec.seed, progress=False,
                                  log_every=max(1, spec.steps // 10), save_every=max(1, spec.steps // 3),
                                  device=None if device == "auto" else device),
         out_dir=run_dir)
@@ -159,19 +303,19 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
             "train_accuracy": last.get("rewards/accuracies")}
 
 
-def _versus_sft(model_dir: Path, task: Path, settings: dict[str, Any], seed: int) -> dict[str, Any]:
+def _versus_sft(model_dir: Path, task: Path, settings: PreferenceEval, seed: int) -> dict[str, Any]:
     """Win rate of a trained model over the task's SFT model on held-out prompts, and its diversity."""
     from hybridrl.preference.models import load_causal_lm, load_tokenizer
     from hybridrl.preference.oracles import resolve_judge
     from hybridrl.preference.task import evaluate_against, read_jsonl
 
-    prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings["eval_prompts"]]
+    prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings.eval_prompts]
     result = evaluate_against(load_causal_lm(model_dir), load_causal_lm(task / "sft_model"),
                               load_tokenizer(task / "sft_model"), prompts, seed=10_000 + seed,
-                              judge=resolve_judge(settings["judge"]), samples_per_prompt=settings["eval_samples"])
+                              judge=resolve_judge(settings.judge), samples_per_prompt=settings.eval_samples)
     p = result["win_rate"]
     return {"metric": "win_rate_vs_sft", "score": p, "win_rate_ci": list(_interval(p, len(prompts))),
-            "judge": settings["judge"], "num_comparisons": result["num_comparisons"],
+            "judge": settings.judge, "num_comparisons": result["num_comparisons"],
             **{k: result[k] for k in ("distinct_1", "distinct_2", "entropy")}}
 
 
@@ -182,33 +326,24 @@ def run_selfplay_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | 
 
     from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
     from hybridrl.preference.oracles import resolve_judge
-    from hybridrl.preference.selfplay import (
-        SelfPlayConfig,
-        SelfPlayTrainer,
-        method_config,
-        resolve_selfplay_method,
-        unique_prompts,
-    )
+    from hybridrl.preference.selfplay import SelfPlayConfig, SelfPlayTrainer, resolve_selfplay_method, unique_prompts
     from hybridrl.preference.task import read_jsonl
 
     quiet_hf_libraries()
     if threads:
         torch.set_num_threads(threads)
+    settings, config = selfplay_settings(spec)
     method = resolve_selfplay_method(spec.method)
-    # run settings and evaluation settings; any other override is a hyperparameter of the method
-    defaults = {**PREFERENCE_EVAL, **SELFPLAY_RUN}
-    method_keys = {k: v for k, v in spec.overrides.items() if k not in defaults}
-    settings = _typed_settings(defaults, {k: v for k, v in spec.overrides.items() if k in defaults})
     task = _pref_task(spec.dataset)
-    run_settings = {k: settings[k] for k in SELFPLAY_RUN if k != "judge"}
+    # the run's own settings; the evaluation settings never reach training
+    run_settings = {k: getattr(settings, k) for k in _field_names(SelfPlayRun) - _field_names(PreferenceEval)}
     trainer = SelfPlayTrainer(
-        spec=method, method_config=method_config(method, {**SELFPLAY_METHOD_SETTINGS.get(spec.method, {}),
-                                                          **method_keys}),
+        spec=method, method_config=config,
         config=SelfPlayConfig(iterations=spec.steps, seed=spec.seed, progress=False,
                               device=None if device == "auto" else device, **run_settings),
         model=load_causal_lm(task / "sft_model"), ref_model=load_causal_lm(task / "sft_model"),
         tokenizer=load_tokenizer(task / "sft_model"), prompts=unique_prompts(read_jsonl(task / "pairs.jsonl")),
-        judge=resolve_judge(settings["judge"]), out_dir=run_dir)
+        judge=resolve_judge(settings.judge), out_dir=run_dir)
     trainer.run()
     return {**_versus_sft(run_dir / "model", task, settings, spec.seed), "judge_calls": trainer.judge_calls}
 
@@ -235,21 +370,21 @@ def run_winrate_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | N
     quiet_hf_libraries()
     if threads:
         torch.set_num_threads(threads)
-    settings = _typed_settings(PREFERENCE_EVAL, spec.overrides, other_keys=("players",))
-    atomic_write_json(run_dir / "config.json", {**settings, "task": spec.dataset, "seed": spec.seed})
+    settings = winrate_settings(spec)
+    atomic_write_json(run_dir / "config.json", {**to_dict(settings), "task": spec.dataset, "seed": spec.seed})
     task = _pref_task(spec.dataset)
     grid_dir = run_dir.parent
-    unfinished = [r for r in settings["players"] if read_scores(grid_dir / r) is None]
+    unfinished = [r for r in settings.players if read_scores(grid_dir / r) is None]
     if unfinished:
         raise RuntimeError(f"the matrix needs runs that have not finished: {', '.join(unfinished)}; "
                            "rerun the grid to finish them")
     models = {json.loads((grid_dir / r / SPEC).read_text())["method"]: load_causal_lm(grid_dir / r / "model")
-              for r in settings["players"]}
+              for r in settings.players}
     models["sft"] = load_causal_lm(task / "sft_model")
-    prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings["eval_prompts"]]
-    matrix = winrate_matrix(models, load_tokenizer(task / "sft_model"), prompts, resolve_judge(settings["judge"]),
-                            judge_name=settings["judge"], seed=20_000 + spec.seed,
-                            samples_per_prompt=settings["eval_samples"])
+    prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings.eval_prompts]
+    matrix = winrate_matrix(models, load_tokenizer(task / "sft_model"), prompts, resolve_judge(settings.judge),
+                            judge_name=settings.judge, seed=20_000 + spec.seed,
+                            samples_per_prompt=settings.eval_samples)
     win = np.asarray(matrix["win_rate"])
     mean_vs_others = (win.sum(1) - 0.5) / (len(win) - 1)
     return {"metric": "mean_win_rate", "score": float(mean_vs_others[0]),
@@ -275,8 +410,8 @@ def run_games_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | Non
     if threads:
         torch.set_num_threads(threads)
     game = parse_game_label(spec.dataset)
-    methods = list(spec.overrides.get("methods", GAME_METHODS))
-    num_games = int(spec.overrides.get("games", 10))
+    settings = games_settings(spec)
+    methods, num_games, headline = list(settings.methods), settings.games, settings.score_method
     atomic_write_json(run_dir / "config.json", {
         **game, "methods": methods, "games": num_games, "iterations": spec.steps, "seed": spec.seed,
         "lr": {m: default_lr(m, game["beta"], game["n"]) for m in methods}})
@@ -288,22 +423,22 @@ def run_games_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | Non
                for m, c in curves.items()}
     final = {m: float(np.median(c[-1])) for m, c in curves.items()}
     reduction = {m: float(np.median(c[0] / np.maximum(c[-1], 1e-300))) for m, c in curves.items()}
-    return {"metric": "final_gap_nash_mp", "score": final.get("nash_mp"), "final_gap": final,
+    return {"metric": f"final_gap_{headline}", "score": final.get(headline), "final_gap": final,
             "gap_reduction": reduction, "gap_curves": summary, **game}
 
 
 def run_throughput_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) -> dict[str, Any]:
     from hybridrl.bench.throughput import measure
 
-    return measure(spec.method, device=device, threads=threads, seconds=float(spec.overrides.get("seconds", 20)))
+    return measure(spec.method, device=device, threads=threads, seconds=throughput_settings(spec).seconds)
 
 
 EXECUTORS: dict[str, Callable[[RunSpec, Path, str, int | None], dict[str, Any]]] = {
-    "offline": run_offline_spec,
-    "online": run_online_spec,
+    **dict.fromkeys(RL_FAMILIES, run_rl_spec),
     "preference": run_preference_spec,
+    "selfplay": run_selfplay_spec,
     "games": run_games_spec,
     "throughput": run_throughput_spec,
     "winrate": run_winrate_spec,
-    "selfplay": run_selfplay_spec,
 }
+"""Run kind -> what a run of that kind does; the RL families share the one RL loop."""

@@ -106,7 +106,8 @@ def execute(spec_dict: dict[str, Any], run_dir: str, device: str, threads: int |
             message = f"{type(err).__name__}: {err}"
             atomic_write_text(path / ERROR, message + "\n")
             return {"run_id": spec.run_id, "status": "failed", "error": message}
-        scores = {"kind": spec.kind, "method": spec.method, "dataset": spec.dataset, "seed": spec.seed,
+        # "dataset" is what the run trains on (its dataset, its env, or both), as in spec.json
+        scores = {"kind": spec.kind, "method": spec.method, "dataset": spec.target, "seed": spec.seed,
                   "steps": spec.steps, **result, "wall_s": time.perf_counter() - start}
         atomic_write_json(path / SCORES, scores)
         (path / ERROR).unlink(missing_ok=True)
@@ -138,11 +139,19 @@ def _claim(spec: RunSpec, run_dir: Path) -> None:
             existing = json.loads(path.read_text())
         except json.JSONDecodeError:
             existing = None
-        if existing is not None and existing != wanted:
+        if existing is not None and existing != wanted and not _same_run(existing, spec):
             raise GridError(f"{run_dir} holds a different run ({path} differs): use another --out or delete it")
         if existing is not None:
             return
     atomic_write_json(path, wanted)
+
+
+def _same_run(existing: Any, spec: RunSpec) -> bool:
+    """Whether a spec.json in another layout (written before runs named their env apart) is ``spec``."""
+    try:
+        return RunSpec.from_dict(existing) == spec
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 def default_workers() -> int:

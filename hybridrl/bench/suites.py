@@ -1,38 +1,82 @@
-"""Benchmark suites as data: a suite is a list of runs, so adding a method is one line.
+"""Benchmark suites as data: a suite is a YAML file of runs, so adding a method is one line there.
 
-A run is a ``RunSpec``: what to run (kind and method), on what (a Minari dataset id, a task, a
-preference task, a game label), with which seed, for how many steps, with which hyperparameter
+A run is a ``RunSpec``: what to run (kind and method), on what (a Minari dataset, an env, or both for
+a hybrid run; a preference task, a game label), with which seed, for how many steps, with which
 overrides. ``hybridrl bench SUITE`` runs a suite's specs as a resumable grid (see ``runner``).
 
-Step budgets: ``quick`` fits 15 minutes on two CPU cores, which is too short for CQL or SAC to reach
-their published scores; it checks every method end to end on real data and prints honest numbers.
-The other suites use the budgets of the papers (CORL's 1M updates for offline, 1M environment steps
-for SAC) and are meant for a GPU or a cluster.
+Files that ship with the package (``presets/``, keys sorted, each saying what it holds and where its
+numbers come from):
+
+- ``presets/suites/NAME.yaml``: the suite NAME, a list under ``runs``. An entry is a grid (the product
+  of its ``methods`` x ``datasets`` x ``envs`` x ``seeds``, all with its ``steps``, ``eval_every``,
+  ``eval_episodes`` and ``overrides``; ``group`` names its runs for a later entry), or a ``winrate``
+  entry (``judge``, ``players``: groups, ``seeds``, ``overrides``): one matrix per seed over the
+  groups' runs of that seed.
+- ``presets/KIND.yaml``: the run settings of a kind (``settings``) and its bench labels (``labels``:
+  a name such as ``fdpo-js`` that stands for a registered method with some settings); read by
+  ``execute``.
+
+A method's kind is its registry family, unless it is a bench label (then it is the kind whose preset
+file defines it).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-KINDS = ("offline", "online", "preference", "selfplay", "games", "throughput", "winrate")
+from hybridrl.registry import FAMILIES, RL_FAMILIES
+
+KINDS: tuple[str, ...] = (*FAMILIES, "throughput", "winrate")
 LATE_KINDS = ("winrate",)
 """Kinds that read other runs of the grid (their models), so they run after all the others."""
+GRID_FAMILIES = tuple(family for family in FAMILIES if family != "games")
+"""Families whose methods a grid runs one per run; a games run measures a set of tabular methods,
+named by a bench label (presets/games.yaml)."""
 
 BUNDLED_PREF_TASK = "bundled:pref-task"
 """The tiny SFT model, pairs and held-out prompts that ship with the package (see ``bundled``)."""
-QUICK_DATASET = "hybridrl/hopper/medium-quick-v0"
-"""20k transitions of the factory's Hopper medium policy, shipped with the package."""
 
-FACTORY_TASKS = ("hopper", "halfcheetah", "walker2d")
-D4RL_QUALITIES = ("medium", "medium-replay", "expert", "medium-expert")
-PREFERENCE_METHODS = ("dpo", "fdpo-js", "fdpo-fkl", "ipo")
-"""Pairwise methods on the task's own labels (``dpo-majority`` also exists: DPO on relabelled pairs)."""
-SELFPLAY_METHODS = ("inpo", "sppo", "nash_mp", "egpo")
-GAME_METHODS = ("nash_mp", "egpo", "nash_md", "inpo", "online_ipo", "sppo")
+PRESETS = Path(__file__).parent / "presets"
+SUITES: dict[str, Path] = {path.stem: path for path in sorted((PRESETS / "suites").glob("*.yaml"))}
+"""Suite name -> its file."""
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+
+
+@functools.cache
+def _preset(name: str) -> dict[str, Any]:
+    path = PRESETS / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"no preset file {path.name} in {PRESETS}")
+    return _read_yaml(path)
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The preset file ``presets/NAME.yaml`` (a copy: callers may change it)."""
+    return copy.deepcopy(_preset(name))
+
+
+def labels() -> dict[str, str]:
+    """Bench label -> the kind whose preset file defines it."""
+    found = {}
+    for kind in KINDS:
+        if (PRESETS / f"{kind}.yaml").exists():
+            found.update(dict.fromkeys(_preset(kind).get("labels") or {}, kind))
+    return found
 
 
 @dataclass(frozen=True)
@@ -40,168 +84,188 @@ class RunSpec:
     """One run of a grid; its ``run_id`` names its directory."""
 
     kind: str
-    """offline, online, preference (pairwise), selfplay, games, throughput or winrate (a matrix over
-    other runs' models)."""
+    """A registry family (offline, online, hybrid, preference, selfplay, games), throughput, or winrate
+    (a matrix over other runs' models)."""
     method: str
-    """Registry name (bc, cql, sac), preference method (dpo, fdpo-js, ipo...) or games method set."""
-    dataset: str
-    """Minari id (offline), task (online), preference task (dir or bundled:...), game label, or device."""
+    """Registry name (bc, cql, sac, inpo...) or bench label (presets/KIND.yaml)."""
+    dataset: str | None = None
+    """Minari id (offline, hybrid; an online method given one trains hybrid), preference task (dir or
+    bundled:...), game label, or the device of a throughput run."""
+    env: str | None = None
+    """RL runs: training env, a task (hopper) or Gymnasium id (online; hybrid: default the dataset's)."""
     seed: int = 0
     steps: int = 1_000_000
-    """Gradient updates (offline, preference), environment steps (online), iterations (selfplay, games)."""
+    """Gradient updates (offline, preference), environment steps (online, hybrid), iterations (selfplay,
+    games)."""
     eval_every: int = 0
     """Steps between evaluations for learning curves (0: only at the end)."""
     eval_episodes: int = 10
     overrides: dict[str, Any] = field(default_factory=dict)
-    """Hyperparameters that differ from the method's defaults (the paper's)."""
+    """Hyperparameters that differ from the method's defaults (the paper's), and run settings."""
     suite: str = "custom"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown run kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.dataset is None and self.env is None:
+            raise ValueError(f"{self.kind} run of {self.method} names neither a dataset nor an env")
+        if self.env is not None and self.kind not in RL_FAMILIES:
+            raise ValueError(f"a {self.kind} run takes no env (got {self.env!r}): only {', '.join(RL_FAMILIES)} "
+                             "runs do")
+
+    @property
+    def target(self) -> str:
+        """What the run trains on, in one label: its dataset, its env, or both (``dataset+env``)."""
+        return "+".join(x for x in (self.dataset, self.env) if x is not None)
 
     @property
     def run_id(self) -> str:
-        target = re.sub(r"[^A-Za-z0-9.-]+", "_", self.dataset).strip("_")
+        target = re.sub(r"[^A-Za-z0-9.-]+", "_", self.target).strip("_")
         return f"{self.kind}-{self.method}-{target}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, **asdict(self)}
+        """What spec.json holds. ``dataset`` keeps the meaning it had before runs named their env
+        apart (what the run trains on: the report groups runs by it); ``inputs`` says which is which."""
+        data = asdict(self)
+        inputs = {"dataset": data.pop("dataset"), "env": data.pop("env")}
+        return {"run_id": self.run_id, "kind": self.kind, "method": self.method, "dataset": self.target,
+                "inputs": inputs, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        return cls(**{k: v for k, v in data.items() if k != "run_id"})
+        values = {k: v for k, v in data.items() if k not in ("run_id", "inputs")}
+        if isinstance(data.get("inputs"), dict):
+            values.update(dataset=data["inputs"].get("dataset"), env=data["inputs"].get("env"))
+        elif values.get("kind") == "online":
+            # a spec.json from before runs named their env apart: an online run's dataset was its env
+            values["env"] = values.pop("dataset", None)
+        return cls(**values)
 
 
-def grid(kind: str, methods: Iterable[str], datasets: Iterable[str], seeds: Iterable[int], steps: int,
-         **settings: Any) -> list[RunSpec]:
-    """The product methods x datasets x seeds, all with the same settings."""
-    return [RunSpec(kind, m, d, seed=s, steps=steps, **settings)
-            for m, d, s in itertools.product(methods, datasets, seeds)]
+def grid(kind: str, methods: Iterable[str], datasets: Iterable[str | None], seeds: Iterable[int], steps: int, *,
+         envs: Iterable[str | None] = (None,), **settings: Any) -> list[RunSpec]:
+    """The product methods x datasets x envs x seeds, all with the same settings."""
+    return [RunSpec(kind, m, d, e, seed=s, steps=steps, **settings)
+            for m, d, e, s in itertools.product(methods, datasets, envs, seeds)]
 
 
-def win_rate_matrix(players: Sequence[RunSpec], judge: str = "weighted", **settings: Any) -> RunSpec:
-    """A run that plays the models of ``players`` (and the SFT model) against each other."""
+def win_rate_matrix(players: Sequence[RunSpec], judge: str | None = None, **settings: Any) -> RunSpec:
+    """A run that plays the models of ``players`` (and the SFT model) against each other.
+
+    ``judge`` defaults to the judge of the preference preset's evaluation."""
+    judge = judge or _preset("preference")["eval"]["judge"]
     task = players[0].dataset
     return RunSpec("winrate", f"matrix-{judge}", task, seed=players[0].seed, steps=0,
                    overrides={"players": [p.run_id for p in players], "judge": judge, **settings})
 
 
-def nash_versus_dpo(seeds: Sequence[int], iterations: int) -> list[RunSpec]:
-    """Self-play methods and DPO (on pairs relabelled by the same intransitive judge), same optimizer
-    steps, and their win-rate matrix under that judge, per seed."""
-    runs = [*grid("selfplay", SELFPLAY_METHODS, [BUNDLED_PREF_TASK], seeds, steps=iterations),
-            # DPO with as many optimizer steps of 64 pairs as a self-play run (execute.SELFPLAY_RUN:
-            # 30 steps of 64 pairs per iteration)
-            *grid("preference", ["dpo-majority"], [BUNDLED_PREF_TASK], seeds, steps=iterations * 30,
-                  overrides={"batch_size": 64})]
-    return [*runs, *(win_rate_matrix([r for r in runs if r.seed == seed], "majority", eval_prompts=400,
-                                     eval_samples=4) for seed in seeds)]
+_GRID_KEYS = {"kind", "methods", "datasets", "envs", "seeds", "steps", "eval_every", "eval_episodes", "overrides",
+              "group"}
+_WINRATE_KEYS = {"kind", "judge", "players", "seeds", "overrides", "group"}
 
 
-def _quick() -> list[RunSpec]:
-    preference = grid("preference", PREFERENCE_METHODS, [BUNDLED_PREF_TASK], [0, 1], steps=150)
-    # Longest runs first so that two workers finish together.
-    return [
-        *grid("offline", ["cql"], [QUICK_DATASET], [0, 1], steps=1000, eval_every=500),
-        *grid("online", ["sac"], ["hopper"], [0], steps=15_000, eval_every=5000),
-        *grid("offline", ["bc"], [QUICK_DATASET], [0, 1], steps=5000, eval_every=1000),
-        *preference,
-        *grid("games", ["nash"], ["games-n10-beta0.1"], [0], steps=1000),
-        *grid("games", ["nash"], ["games-n10-beta0.1-samples100"], [0], steps=1000),
-        win_rate_matrix([p for p in preference if p.seed == 0]),
-        *nash_versus_dpo([0], iterations=10),
-    ]
-
-
-def _offline() -> list[RunSpec]:
-    datasets = [f"hybridrl/{task}/{quality}-v0" for task in FACTORY_TASKS for quality in D4RL_QUALITIES]
-    return grid("offline", ["bc", "cql"], datasets, [0, 1, 2], steps=1_000_000, eval_every=50_000)
-
-
-def _online() -> list[RunSpec]:
-    return grid("online", ["sac"], FACTORY_TASKS, [0, 1, 2], steps=1_000_000, eval_every=10_000)
-
-
-def _preference() -> list[RunSpec]:
-    runs = grid("preference", PREFERENCE_METHODS, [BUNDLED_PREF_TASK], [0, 1, 2], steps=300)
-    return [*runs, *(win_rate_matrix([r for r in runs if r.seed == seed]) for seed in (0, 1, 2)),
-            *nash_versus_dpo([0, 1, 2], iterations=10)]
-
-
-def _nash_games() -> list[RunSpec]:
-    return [*grid("games", ["nash"], ["games-n10-beta0.1"], [0, 1, 2], steps=3000),
-            *grid("games", ["nash"], ["games-n10-beta0.1-samples100"], [0, 1, 2], steps=10_000)]
-
-
-def _throughput() -> list[RunSpec]:
-    return grid("throughput", ["bc", "cql", "sac", "dpo"], ["auto"], [0], steps=0)
-
-
-SUITES = {
-    "quick": _quick,
-    "offline": _offline,
-    "online": _online,
-    "preference": _preference,
-    "nash-games": _nash_games,
-    "throughput": _throughput,
-}
+def _entry_runs(entry: dict[str, Any], groups: dict[str, list[RunSpec]], where: str) -> list[RunSpec]:
+    """The runs of one entry of a suite file (see the module docstring)."""
+    if not isinstance(entry, dict) or "kind" not in entry:
+        raise ValueError(f"{where}: an entry of `runs` is a mapping with a kind, got {entry!r}")
+    allowed = _WINRATE_KEYS if entry["kind"] == "winrate" else _GRID_KEYS
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} in a {entry['kind']} entry; valid: {sorted(allowed)}")
+    try:
+        if entry["kind"] == "winrate":
+            missing = [g for g in entry["players"] if g not in groups]
+            if missing:
+                raise ValueError(f"players name no earlier group: {missing}")
+            players = [run for g in entry["players"] for run in groups[g]]
+            runs = []
+            for seed in entry["seeds"]:
+                of_seed = [p for p in players if p.seed == seed]
+                if not of_seed:
+                    raise ValueError(f"no player has seed {seed}")
+                runs.append(win_rate_matrix(of_seed, entry["judge"], **entry.get("overrides", {})))
+        else:
+            runs = grid(entry["kind"], entry["methods"], entry.get("datasets", [None]), entry["seeds"],
+                        entry["steps"], envs=entry.get("envs", [None]),
+                        **{k: entry[k] for k in ("eval_every", "eval_episodes", "overrides") if k in entry})
+    except KeyError as err:
+        raise ValueError(f"{where}: a {entry['kind']} entry needs {err.args[0]}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+    if "group" in entry:
+        groups.setdefault(entry["group"], []).extend(runs)
+    return runs
 
 
 def suite(name: str) -> list[RunSpec]:
-    """The runs of a named suite, each tagged with the suite's name."""
+    """The runs of a named suite (``presets/suites/NAME.yaml``), each tagged with the suite's name."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}: use one of {', '.join(SUITES)} (or `custom` with --methods)")
-    return [replace(spec, suite=name) for spec in SUITES[name]()]
+    data = _read_yaml(SUITES[name])
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise ValueError(f"{SUITES[name]} lists no runs: it needs a `runs:` list")
+    groups: dict[str, list[RunSpec]] = {}
+    specs = [spec for i, entry in enumerate(data["runs"])
+             for spec in _entry_runs(entry, groups, f"{SUITES[name].name}, run entry {i + 1}")]
+    return [replace(spec, suite=name) for spec in specs]
 
 
-def _kind_of(method: str) -> str:
+def resolve_method(method: str) -> tuple[str, str]:
+    """(kind, name) of a method of a custom grid: a bench label's kind, else its registry family."""
     from hybridrl import registry
 
-    if method in (*PREFERENCE_METHODS, "dpo-majority"):
-        return "preference"
-    if method in SELFPLAY_METHODS:
-        return "selfplay"
-    if method == "nash":
-        return "games"
-    algorithms = registry.of_family(*registry.RL_FAMILIES)
-    if method not in algorithms:
-        known = [*algorithms, *PREFERENCE_METHODS, "dpo-majority", *SELFPLAY_METHODS, "nash"]
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(known)}")
-    spec = algorithms[method]
-    if spec.family not in ("offline", "online"):
-        raise ValueError(f"{method} is a {spec.family} method, which the runner cannot grid yet")
-    return spec.family
+    label_kinds = labels()
+    if method in label_kinds:
+        return label_kinds[method], method
+    try:
+        spec = registry.get(method, families=GRID_FAMILIES)
+    except KeyError:
+        names = list(dict.fromkeys(s.name for s in registry.load_all() if s.family in GRID_FAMILIES))
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(names)}, or a bench label "
+                         f"({', '.join(sorted(label_kinds))})") from None
+    return spec.family, spec.name
 
 
 def select(specs: Sequence[RunSpec], *, methods: Sequence[str] | None = None,
-           datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-           steps: int | None = None) -> list[RunSpec]:
-    """Narrow a suite to some methods, datasets or seeds, or change its budget."""
-    chosen = [s for s in specs if (not methods or s.method in methods) and (not datasets or s.dataset in datasets)
-              and (seeds is None or s.seed in seeds)]
+           datasets: Sequence[str] | None = None, envs: Sequence[str] | None = None,
+           seeds: Sequence[int] | None = None, steps: int | None = None) -> list[RunSpec]:
+    """Narrow a suite to some methods, datasets, envs or seeds, or change its budget.
+
+    ``datasets`` also matches the env of a run without a dataset (an online run's task)."""
+    chosen = [s for s in specs if (not methods or s.method in methods)
+              and (not datasets or s.dataset in datasets or (s.dataset is None and s.env in datasets))
+              and (not envs or s.env in envs) and (seeds is None or s.seed in seeds)]
     if not chosen:
-        raise ValueError("no run of the suite matches --methods/--datasets/--seeds: "
+        raise ValueError("no run of the suite matches --methods/--datasets/--envs/--seeds: "
                          "check the names with `hybridrl bench SUITE --list`")
     return [replace(s, steps=steps) for s in chosen] if steps is not None else chosen
 
 
 def custom(methods: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], steps: int,
-           eval_every: int = 0, eval_episodes: int = 10) -> list[RunSpec]:
-    """A grid from the command line: each method's kind comes from the registry."""
-    if not methods or not datasets:
-        raise ValueError("a custom grid needs --methods and --datasets (tasks for online methods)")
-    return [RunSpec(_kind_of(m), m, d, seed=s, steps=steps, eval_every=eval_every, eval_episodes=eval_episodes)
-            for m, d, s in itertools.product(methods, datasets, seeds)]
+           eval_every: int = 0, eval_episodes: int = 10, envs: Sequence[str] | None = None) -> list[RunSpec]:
+    """A grid from the command line: methods x datasets x envs x seeds, each method's kind from the
+    registry (or its bench label). An online method given datasets and envs trains hybrid."""
+    if not methods or not (datasets or envs):
+        raise ValueError("a custom grid needs --methods and --datasets or --envs (tasks for online methods)")
+    resolved = [resolve_method(m) for m in methods]
+    return [spec for kind, name in resolved
+            for spec in grid(kind, [name], datasets or [None], seeds, steps, envs=envs or [None],
+                             eval_every=eval_every, eval_episodes=eval_episodes)]
 
 
 def with_overrides(specs: Sequence[RunSpec], assignments: Sequence[str]) -> list[RunSpec]:
-    """Add ``KEY=VALUE`` hyperparameters to every run; values stay text until the method's typed config
-    parses them (as ``hybridrl train --set`` does)."""
+    """Add ``KEY=VALUE`` settings to every run. Each run's settings are checked at once by the parser its
+    run uses (``core.config.with_overrides``: unknown keys and bad values fail here, not midway through a
+    grid); the values stay text in the spec, as typed."""
+    from hybridrl.bench.execute import resolved_settings
+
     extra: dict[str, Any] = {}
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"bad --set {assignment!r}: use KEY=VALUE, e.g. --set batch_size=512")
-        extra[key.strip()] = value.strip()
-    return [replace(s, overrides={**s.overrides, **extra}) for s in specs]
+        extra[key.strip().replace("-", "_")] = value.strip()
+    changed = [replace(s, overrides={**s.overrides, **extra}) for s in specs]
+    for spec in changed:
+        resolved_settings(spec)
+    return changed

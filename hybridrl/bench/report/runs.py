@@ -29,7 +29,7 @@ from hybridrl.core.session import METRICS
 # Files that only a run directory has: a directory with none of them (e.g. report/) is not a run.
 RUN_FILES = (SPEC, SCORES, METRICS, ENVIRONMENT)
 
-RL_KINDS = ("offline", "online")
+RL_KINDS = ("offline", "online", "hybrid")
 RATE_KEYS = ("updates_per_s", "tokens_per_s")
 
 Status = Literal["finished", "partial", "corrupted"]
@@ -111,6 +111,7 @@ _SCORE_KEYS = ("kind", "method", "dataset", "seed", "metric", "score", "wall_s")
 _KIND_SCORE_KEYS: dict[str, tuple[str, ...]] = {
     "offline": ("return_mean", "return_std", "normalized_score", "normalized_std"),
     "online": ("return_mean", "return_std", "normalized_score", "normalized_std"),
+    "hybrid": ("return_mean", "return_std", "normalized_score", "normalized_std"),
     "games": ("gap_curves", "final_gap"),
     "throughput": ("device",),
     "winrate": ("win_rate_matrix",),
