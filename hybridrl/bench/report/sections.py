@@ -178,6 +178,7 @@ def throughput_section(runs: list[RunRecord], page: Page) -> str:
 SECTIONS: dict[str, Section] = {
     "offline": rl_section,
     "online": rl_section,
+    "hybrid": rl_section,
     "preference": preference_section,
     "selfplay": preference_section,
     "winrate": preference_section,
