@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 from _support import assert_terms_isolated, tiny_context
 
@@ -67,3 +68,64 @@ def test_lagrange_variant_learns_alpha_prime_and_keeps_its_terms_apart():
 def test_bc_warm_up_actor_term_reaches_only_the_actor():
     algo, buffer = build(bc_steps=10)
     assert_terms_isolated(algo, buffer.sample(32))
+
+
+def test_dual_losses_of_both_lagrange_forms_on_hand_computed_values():
+    from hybridrl.offline.cql import lagrange_loss
+
+    # alpha' = 2, gaps (3, 5), alpha_cql = 5, tau = 10.
+    gap = torch.tensor([3.0, 5.0])
+    for form, expected in (("corl", -(2 * 5 * (3 - 10) + 2 * 5 * (5 - 10)) / 2),  # = 60
+                           ("official", -(2 * (5 * 3 - 10) + 2 * (5 * 5 - 10)) / 2)):  # = -20
+        log_alpha_prime = torch.tensor(np.log(2.0), dtype=torch.float32, requires_grad=True)
+        loss = lagrange_loss(log_alpha_prime, gap, 5.0, 10.0, form)
+        loss.backward()
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+        # d/d log alpha' of alpha' * c is alpha' * c: the gradient equals the loss while unclamped.
+        assert log_alpha_prime.grad.item() == pytest.approx(expected, rel=1e-6)
+    # The forms coincide at alpha_cql = 1.
+    log_alpha_prime = torch.tensor(0.3)
+    assert torch.equal(lagrange_loss(log_alpha_prime, gap, 1.0, 4.0, "corl"),
+                       lagrange_loss(log_alpha_prime, gap, 1.0, 4.0, "official"))
+
+
+def test_lagrange_weight_is_clamped_at_1e6_and_stops_there():
+    from hybridrl.offline.cql import lagrange_loss
+
+    log_alpha_prime = torch.tensor(np.log(2e6), dtype=torch.float32, requires_grad=True)
+    loss = lagrange_loss(log_alpha_prime, torch.tensor([3.0]), 1.0, 1.0, "official")
+    loss.backward()
+    assert loss.item() == pytest.approx(-1e6 * 2.0)
+    assert log_alpha_prime.grad.item() == 0.0
+
+
+def test_the_configured_lagrange_form_reaches_the_dual_term():
+    """Same parameters and batch: the forms' dual terms differ by alpha' * tau * (alpha_cql - 1), nothing else."""
+    cql_alpha, tau = 5.0, 2.0
+    terms = {}
+    for form in ("corl", "official"):
+        algo, buffer = build(lagrange=True, lagrange_form=form, cql_alpha=cql_alpha, lagrange_threshold=tau)
+        torch.manual_seed(1)
+        terms[form] = algo.losses(buffer.sample(32))[0]
+    alpha_prime = 1.0  # log alpha' starts at 0
+    assert terms["corl"]["alpha_prime"].item() - terms["official"]["alpha_prime"].item() == pytest.approx(
+        alpha_prime * tau * (cql_alpha - 1), rel=1e-5)
+    assert torch.equal(terms["corl"]["critic"], terms["official"]["critic"])
+
+
+def test_lagrange_form_is_checked_and_defaults_to_corl():
+    from hybridrl.offline.cql import CQLConfig
+
+    assert CQLConfig().lagrange_form == "corl"
+    with pytest.raises(ValueError, match="lagrange_form"):
+        CQLConfig(lagrange_form="paper")
+
+
+def test_cql_takes_part_in_the_conservatism_measurement():
+    from hybridrl.control.conservatism import QValueMethod
+
+    algo, buffer = build()
+    assert isinstance(algo, QValueMethod)
+    batch = buffer.sample(8)
+    q = algo.q_values(batch.obs, batch.action)
+    assert q.shape == (8,) and torch.equal(q, algo.critic(batch.obs, batch.action).min(dim=0).values)

@@ -8,12 +8,38 @@ where the log-sum-exp runs over 3N importance-sampled proposals per state: N uni
 (density 0.5^|A|), N actions of the current policy at s, and N actions of the current policy at s'
 evaluated at s (as in the official code, ``min_q_version=3``), and
 y = r + gamma (1 - d) min_i Qbar_i(s', a'), a' ~ pi(.|s') (no entropy term: ``backup_entropy=False``).
-The actor and the temperature follow SAC. With ``lagrange=True`` the weight alpha' is learned by
-dual ascent so that the gap stays near ``lagrange_threshold``.
+The actor and the temperature follow SAC. ``q_values(obs, action)`` (min over the ensemble) is
+what ``control.conservatism`` compares with the returns obtained at each evaluation.
 
-All losses are computed from the parameters before the step and applied in one backward pass
-(the official code's order, alpha -> actor -> critics, all from the same forward), with each loss
-reaching only its own parameters.
+Lagrange variant (``lagrange=True``): the critic's conservative term becomes alpha' * alpha_cql * gap
+in both forms below (the threshold is a constant for the critic), and alpha' = clamp(exp(log alpha'),
+0, 1e6) (both references clamp so; the clamp's gradient is zero above 1e6) is learned by dual ascent
+on the members' mean of (``lagrange_form``):
+
+- ``"corl"`` (default): -alpha' * alpha_cql * (gap - tau). CORL's ``algorithms/offline/cql.py``
+  (``cql_min_qf_loss = alpha_prime * cql_alpha * (cql_qf_diff - cql_target_action_gap)``). alpha'
+  settles where gap = tau, and its gradient scales with alpha_cql.
+- ``"official"``: -alpha' * (alpha_cql * gap - tau). The official code's ``rlkit/torch/sac/cql.py``
+  (``alpha_prime * (min_qf_loss - target_action_gap)``, where ``min_qf_loss`` already carries
+  ``min_q_weight``). alpha' settles where gap = tau / alpha_cql.
+
+The two coincide at alpha_cql = 1 (the official CLI's ``min_q_weight`` with Lagrange). log alpha'
+starts at 0 as in the official code (CORL starts it at 1).
+
+Update order. The official ``train_from_torch`` (one call per batch): (1) steps the SAC temperature,
+then reads alpha = exp(log alpha) *after* that step; (2) builds the actor loss with that updated alpha
+and the critics as they are before this call's critic steps; (3) builds the critic losses (TD target
+from the target critics at a' drawn from the not-yet-stepped actor; proposals detached), and with
+Lagrange steps alpha' on the dual loss there, the critic loss keeping the alpha' value from before
+that step; (4) steps the actor; (5) steps critic 1, then critic 2, each on its loss from (3), so the
+actor's step does not enter them; (6) Polyak-updates the targets. The policy loss therefore does not
+use the updated critic. This implementation builds every loss from the parameters as they are at the
+start of the update, temperature included, and applies them in one backward pass (each loss reaches
+only its own parameters; CORL's ``train`` does the same). The one difference from the official order
+is the entropy weight in the actor loss (and in the BC warm-up, and in the TD backup with
+``backup_entropy=True``): alpha before this update's temperature step instead of after it. The two
+differ by one Adam step on log alpha (of order ``alpha_lr``, so a factor of about 1 +- 1e-4 on alpha),
+which is all by which the results differ.
 
 Deviations from the reference code:
 - The 3N proposals and the dataset action go through the critic ensemble in one batched forward
@@ -28,6 +54,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -75,6 +102,8 @@ class CQLConfig:
     """Learn the conservative weight by dual ascent (official ``lagrange_thresh >= 0``)."""
     lagrange_threshold: float = 10.0
     """Target gap tau of the Lagrange variant."""
+    lagrange_form: Literal["corl", "official"] = "corl"
+    """Dual loss of alpha': "corl" alpha' * alpha_cql * (gap - tau), "official" alpha' * (alpha_cql * gap - tau)."""
     alpha_prime_lr: float = 3e-4
     """Adam step size of the Lagrange weight alpha'."""
     target_entropy: float | None = None
@@ -91,6 +120,8 @@ class CQLConfig:
             raise ValueError("num_sampled_actions must be >= 1")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.lagrange_form not in ("corl", "official"):
+            raise ValueError(f"lagrange_form must be 'corl' or 'official', not {self.lagrange_form!r}")
 
 
 def cql_critic_loss(q_data: torch.Tensor, q_proposals: torch.Tensor, log_densities: torch.Tensor,
@@ -115,12 +146,15 @@ def cql_critic_loss(q_data: torch.Tensor, q_proposals: torch.Tensor, log_densiti
 
 
 def lagrange_loss(log_alpha_prime: torch.Tensor, gap: torch.Tensor, cql_alpha: float,
-                  threshold: float) -> torch.Tensor:
-    """Dual ascent on alpha' (CORL's form alpha' * alpha_cql * (gap - tau), averaged over members).
+                  threshold: float, form: Literal["corl", "official"] = "corl") -> torch.Tensor:
+    """Dual ascent on alpha', averaged over the members' gaps (N,) (see the module docstring).
 
-    Minimising it raises alpha' while the gap exceeds the threshold and lowers it otherwise.
+    "corl": -alpha' * alpha_cql * (gap - tau); "official": -alpha' * (alpha_cql * gap - tau).
+    Minimising it raises alpha' while the (weighted) gap exceeds the threshold and lowers it otherwise.
     """
     alpha_prime = log_alpha_prime.exp().clamp(0.0, 1e6)
+    if form == "official":
+        return -(alpha_prime * (cql_alpha * gap.detach() - threshold)).sum() / gap.shape[0]
     return -(alpha_prime * cql_alpha * (gap.detach() - threshold)).sum() / gap.shape[0]
 
 
@@ -194,7 +228,8 @@ class CQL:
             cql_weight = self.log_alpha_prime.exp().clamp(0.0, 1e6).detach() * cfg.cql_alpha
             critic_loss, gap, metrics = cql_critic_loss(q_data, q_proposals, log_densities, td_target,
                                                         cql_weight, cfg.temperature)
-            terms["alpha_prime"] = lagrange_loss(self.log_alpha_prime, gap, cfg.cql_alpha, cfg.lagrange_threshold)
+            terms["alpha_prime"] = lagrange_loss(self.log_alpha_prime, gap, cfg.cql_alpha, cfg.lagrange_threshold,
+                                                 cfg.lagrange_form)
             metrics["alpha_prime"] = cql_weight / cfg.cql_alpha
         else:
             critic_loss, gap, metrics = cql_critic_loss(q_data, q_proposals, log_densities, td_target,
