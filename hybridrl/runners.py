@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from hybridrl import registry
+from hybridrl.control.conservatism import Conservatism
+from hybridrl.control.datasets import OfflineData
 from hybridrl.control.evaluate import EvalResult
 from hybridrl.core.buffers import TransitionBuffer
 from hybridrl.core.config import RunConfig, from_dict, to_dict, with_overrides
@@ -113,9 +115,9 @@ class _EnvStepper:
         self.env.close()
 
 
-def _log_eval(session: Session, step: int, result: EvalResult) -> None:
+def _log_eval(session: Session, step: int, result: EvalResult, measured: dict[str, float]) -> None:
     session.log(step, {"eval/return": result.mean, "eval/return_std": result.std,
-                       "eval/normalized_score": result.normalized_mean})
+                       "eval/normalized_score": result.normalized_mean, **measured})
 
 
 def _results(run: RunConfig, final_eval: EvalResult, **extra: Any) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def _results(run: RunConfig, final_eval: EvalResult, **extra: Any) -> dict[str, 
 
 def train(algo: registry.Algorithm, plan: DataPlan, run: RunConfig, session: Session, *,
           buffer: TransitionBuffer, batch_size: int, evaluate_fn: EvaluateFn, train_env: Any = None,
-          on_eval: OnEval | None = None) -> dict[str, Any]:
+          on_eval: OnEval | None = None, conservatism: Conservatism | None = None) -> dict[str, Any]:
     """Train ``algo`` for ``run.steps`` steps as ``plan`` says, resuming from ``session``.
 
     Offline: a step is one update on a batch of the dataset. Online and hybrid: a step is one
@@ -133,6 +135,9 @@ def train(algo: registry.Algorithm, plan: DataPlan, run: RunConfig, session: Ses
     ``updates_per_step`` updates; hybrid batches take ``offline_fraction`` of their rows from the
     dataset (a ``MixedBatch``). ``on_eval(step, algo, buffer)`` is called at every evaluation
     (the dataset factory snapshots behaviour policies with it, and may stop the run by raising).
+    With ``conservatism`` (a method with ``q_values``), each evaluation also logs the critic's
+    estimates against the returns obtained (``control.conservatism``), and the final one goes into
+    the results under ``conservatism``.
 
     The final checkpoint is written before the final evaluation, so a run killed between the two
     redoes only the evaluation. Returns the results dictionary also written to ``results.json``.
@@ -156,12 +161,13 @@ def train(algo: registry.Algorithm, plan: DataPlan, run: RunConfig, session: Ses
         extra = {"env": stepper.state_dict()} if stepper is not None else {}
         session.save(step, {"algo": algo.state_dict(), "buffer": buffer.state_dict(), **extra})
 
-    def evaluate(step: int) -> EvalResult:
+    def evaluate(step: int) -> tuple[EvalResult, dict[str, float]]:
         result = evaluate_fn(_act_fn(algo, buffer.device))
-        _log_eval(session, step, result)
+        measured = conservatism.measure(algo, result) if conservatism is not None else {}
+        _log_eval(session, step, result, measured)
         if on_eval is not None:
             on_eval(step, algo, buffer)
-        return result
+        return result, measured
 
     next_checkpoint = (session.start // run.checkpoint_every + 1) * run.checkpoint_every
     try:
@@ -186,11 +192,13 @@ def train(algo: registry.Algorithm, plan: DataPlan, run: RunConfig, session: Ses
                     next_checkpoint = (step // run.checkpoint_every + 1) * run.checkpoint_every
             if session.start < run.steps:
                 checkpoint(run.steps)
-            final_eval = evaluate(run.steps)
+            final_eval, measured = evaluate(run.steps)
     finally:
         if stepper is not None:
             stepper.close()
     extra = {"train_episode_returns": stepper.returns} if stepper is not None else {}
+    if measured:
+        extra["conservatism"] = {key.removeprefix("eval/"): value for key, value in measured.items()}
     return session.finish(_results(run, final_eval, **extra))
 
 
@@ -220,6 +228,8 @@ class Prepared:
     eval_env: Any
     ref_scores: tuple[float, float] | None
     record: dict[str, Any]
+    data: OfflineData | None = None
+    """The loaded dataset (its episode boundaries serve the conservatism measurement), or None."""
 
 
 def _run_record(run: RunConfig) -> dict[str, Any]:
@@ -300,7 +310,7 @@ def prepare(method: str, run: RunConfig, *, dataset: str | None = None, env: str
               "dataset": dataset, "env": _plain_env(train_env), "eval_env": _plain_env(evaluation),
               "obs_dim": obs_dim, "act_dim": len(low), "action_low": list(low), "action_high": list(high),
               "run": _run_record(run)}
-    return Prepared(spec, algo_config, plan, ctx, buffer, train_env, evaluation, ref_scores, record)
+    return Prepared(spec, algo_config, plan, ctx, buffer, train_env, evaluation, ref_scores, record, data=data)
 
 
 def _env_name(env: Any) -> str:
@@ -343,12 +353,15 @@ def run(method: str, run: RunConfig, *, dataset: str | None = None, env: str | N
                       progress=run.progress, tensorboard=run.tensorboard)
 
     def evaluate_fn(act: ActFn) -> EvalResult:
-        # Evaluation seeds are disjoint from training's and identical across methods.
+        # Evaluation seeds are disjoint from training's and identical across methods; the discount
+        # (set for measured methods only) adds the discounted returns the critic is compared with.
         return evaluate(act, prepared.eval_env, episodes=run.eval_episodes, seed=10_000 + run.seed,
-                        ref_scores=prepared.ref_scores)
+                        ref_scores=prepared.ref_scores, gamma=None if conservatism is None else conservatism.gamma)
 
     seed_everything(run.seed)
     algo = spec.build(prepared.algo_config, prepared.ctx)
+    # Once per run: the dataset sample and its returns-to-go (None for methods without q_values).
+    conservatism = Conservatism.for_run(algo, prepared.algo_config, prepared.data, prepared.ctx.device)
     if prepared.plan.source == "custom":
         if session.finished is not None:
             session.release()
@@ -361,7 +374,7 @@ def run(method: str, run: RunConfig, *, dataset: str | None = None, env: str | N
     else:
         results = train(algo, prepared.plan, run, session, buffer=prepared.buffer,
                         batch_size=prepared.algo_config.batch_size, evaluate_fn=evaluate_fn,
-                        train_env=prepared.train_env, on_eval=on_eval)
+                        train_env=prepared.train_env, on_eval=on_eval, conservatism=conservatism)
     return {**results, "out_dir": str(out_dir), "algo": spec.name, "dataset": dataset,
             "env": _env_name(prepared.train_env) if prepared.train_env is not None else None,
             "eval_env": _env_name(prepared.eval_env)}

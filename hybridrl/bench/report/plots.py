@@ -219,3 +219,46 @@ def plot_throughput(figs: Figures, runs: Sequence[RunRecord]) -> str:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return figs.save(fig, "throughput")
+
+
+# The critic's estimates and what they estimate (logged by the RL loop for methods with q_values).
+CONSERVATISM_PANELS = (("start states: Q(s0, pi(s0)) vs discounted return", "eval/q_start", "eval/discounted_return"),
+                       ("dataset sample: Q(s, a) vs return-to-go", "eval/q_data", "eval/rtg_data"))
+
+
+def plot_conservatism(figs: Figures, runs: Sequence[RunRecord]) -> list[tuple[str, str]]:
+    """One figure per dataset with Q-method runs: estimate (solid) vs obtained (dashed) over the run,
+    mean over seeds, one colour per method; a panel for the start states and one for the dataset sample.
+
+    Returns ``(dataset, image stem)`` pairs, sorted by dataset; datasets without such runs get none.
+    """
+    rl = rl_runs(runs)
+    images = []
+    for dataset in sorted({r.spec["dataset"] for r in rl}):
+        chosen = sorted((r for r in rl if r.spec["dataset"] == dataset),
+                        key=lambda r: (r.spec["method"], r.spec["seed"]))
+        panels = [(title, estimate, obtained) for title, estimate, obtained in CONSERVATISM_PANELS
+                  if any(_curve(r.metrics, estimate) for r in chosen)]
+        if not panels:
+            continue
+        fig, axes = figs.plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
+        for ax, (title, estimate, obtained) in zip(axes[0], panels, strict=True):
+            methods = sorted({r.spec["method"] for r in chosen if _curve(r.metrics, estimate)})
+            for method in methods:
+                color = None
+                for key, style in ((estimate, "-"), (obtained, "--")):
+                    curves = [c for r in chosen if r.spec["method"] == method and (c := _curve(r.metrics, key))]
+                    steps = sorted(set().union(*curves))
+                    # Seeds may log at different steps: each point averages the seeds that logged it.
+                    mean = [np.mean([c[s] for c in curves if s in c]) for s in steps]
+                    label = f"{method} {'estimate' if style == '-' else 'obtained'} (n={len(curves)})"
+                    (line,) = ax.plot(steps, mean, style, color=color, label=label)
+                    color = line.get_color()
+            ax.set_xlabel("step")
+            ax.set_ylabel("discounted value")
+            ax.set_title(title, fontsize=9)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{dataset}: critic estimate vs return obtained (mean over seeds)", fontsize=10)
+        fig.tight_layout()
+        images.append((dataset, figs.save(fig, f"conservatism_{slug(dataset)}")))
+    return images

@@ -17,6 +17,7 @@ from hybridrl.bench.report.aggregates import Aggregates, aggregate_csvs, aggrega
 from hybridrl.bench.report.plots import (
     Figures,
     plot_aggregate,
+    plot_conservatism,
     plot_learning_curves,
     plot_run_gap_curves,
     plot_throughput,
@@ -32,6 +33,7 @@ from hybridrl.bench.report.tables import (
     fmt_g,
     group_scores,
     md_table,
+    rl_runs,
     score_rows,
     scores_markdown,
 )
@@ -56,6 +58,51 @@ def _image(alt: str, stem: str) -> str:
     return f"![{alt}]({stem}.png) ([SVG]({stem}.svg))"
 
 
+# (column, metric key) of the conservatism table: estimate, obtained and gap, at start states then on data.
+CONSERVATISM_COLUMNS = (("Q(s0, pi(s0))", "eval/q_start"), ("discounted return", "eval/discounted_return"),
+                        ("start gap", "eval/q_start_gap"), ("Q(s, a) data", "eval/q_data"),
+                        ("return-to-go data", "eval/rtg_data"), ("data gap", "eval/q_data_gap"))
+
+
+def conservatism_markdown(runs: list[RunRecord], page: Page) -> str:
+    """Q-method runs: the critic's estimates against the returns obtained at the final evaluation
+    (mean ± std over seeds), and per dataset a figure of both over the run ("" when no run has them)."""
+    groups: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    keys = [key for _, key in CONSERVATISM_COLUMNS]
+    for run in sorted(rl_runs(runs), key=lambda r: (r.spec["method"], r.spec["dataset"], r.spec["seed"])):
+        final = next((row for row in reversed(run.metrics)
+                      if finite(row.get("eval/q_start")) is not None or finite(row.get("eval/q_data")) is not None),
+                     None)
+        if final is not None:
+            groups[run.spec["method"], run.spec["dataset"]].append(
+                {key: v for key in keys if (v := finite(final.get(key))) is not None})
+    if not groups:
+        return ""
+    rows, csv_rows = [], []
+    for (method, dataset), finals in sorted(groups.items()):
+        cells, numbers = [], []
+        for key in keys:
+            values = [f[key] for f in finals if key in f]
+            mean, std = (float(np.mean(values)), float(np.std(values))) if values else (None, None)
+            numbers += [mean, std]
+            cells.append("—" if mean is None else f"{fmt_g(mean)} ± {fmt_g(std)}")
+        rows.append([method, dataset, *cells, len(finals)])
+        csv_rows.append([method, dataset, *map(csv_number, numbers), len(finals)])
+    text = ("### Conservatism (methods with q_values)\n\nThe critic's estimate against the discounted return"
+            " obtained, at the final evaluation (mean ± std over seeds; gap = estimate - obtained, negative is"
+            " conservative): at the evaluation episodes' start states, and on a fixed sample of dataset states"
+            " with their dataset actions and returns-to-go (see `hybridrl.control.conservatism`).\n\n")
+    text += md_table(["method", "dataset", *(name for name, _ in CONSERVATISM_COLUMNS), "n"], rows)
+    page.files["conservatism.csv"] = csv_text(
+        ["method", "dataset", *(f"{key.removeprefix('eval/')}_{stat}" for key in keys for stat in ("mean", "std")),
+         "n"], csv_rows)
+    text += "\nAlso as [conservatism.csv](conservatism.csv).\n"
+    if page.figs is not None:
+        for dataset, stem in plot_conservatism(page.figs, runs):
+            text += f"\n{_image(f'conservatism {dataset}', stem)}\n"
+    return text
+
+
 def rl_section(runs: list[RunRecord], page: Page) -> str:
     """Offline and online runs: the scores table, learning curves and the rliable aggregates.
 
@@ -69,6 +116,9 @@ def rl_section(runs: list[RunRecord], page: Page) -> str:
     if page.figs is not None:
         for dataset, stem in plot_learning_curves(page.figs, runs):
             parts.append(f"### Learning curves: {dataset}\n\n{_image(dataset, stem)}\n")
+    conservatism = conservatism_markdown(runs, page)
+    if conservatism:
+        parts.append(conservatism)
     agg = page.aggregates
     image = plot_aggregate(page.figs, agg) if page.figs is not None and agg.iqm else None
     parts.append(aggregate_markdown(agg, image))
