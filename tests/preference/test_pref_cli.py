@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from hybridrl.preference.cli import app
+from hybridrl.cli.pref import app
 
 runner = CliRunner()
 
@@ -178,7 +178,7 @@ def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(tiny_lm, pairs_file, tm
 
 def test_importing_the_cli_does_not_import_transformers():
     code = (
-        "import sys, hybridrl, hybridrl.preference.cli, hybridrl.preference.losses; "
+        "import sys, hybridrl, hybridrl.cli.pref, hybridrl.preference.losses; "
         "print('transformers' in sys.modules or 'trl' in sys.modules)"
     )
     assert (

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from hybridrl.preference.cli import app
+from hybridrl.cli.pref import app
 
 runner = CliRunner()
 

@@ -1,6 +1,7 @@
 """``hybridrl pref ...``: train pairwise preference methods, build and evaluate the synthetic task.
 
-Mounted by the main CLI with ``app.add_typer(preference.cli.app, name="pref")``. Importing this module
+Mounted by the main CLI as ``hybridrl pref``; ``python -m hybridrl.cli.pref`` runs it alone (what
+``accelerate launch -m hybridrl.cli.pref train ...`` needs). Importing this module
 imports neither transformers nor TRL; every command imports what it needs. Errors are one line on
 stderr: exit code 2 for what the user can fix (names, data, files, a run directory in use or holding
 another run), 1 when training diverged (the last good checkpoint is kept), 130 on Ctrl-C (progress up
@@ -10,16 +11,15 @@ to the last checkpoint is saved; rerunning the command resumes).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 import typer
 
+from hybridrl.cli.errors import one_line_errors
 from hybridrl.core.seeding import num_threads_from_env
-from hybridrl.core.session import DivergenceError, Interrupted
 
 app = typer.Typer(
     help="Preference optimization on language models (DPO, IPO, f-DPO), self-play Nash learning "
@@ -27,35 +27,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-EXIT_USAGE = 2
-EXIT_DIVERGED = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (bad names, bad data, missing files, a busy or other run directory)
-    into one line and exit 2; a diverged run exits 1 and Ctrl-C 130, each with its one line."""
-    try:
-        yield
-    except DivergenceError as err:
-        typer.echo(f"error: {_first_line(err)}", err=True)
-        raise typer.Exit(code=EXIT_DIVERGED) from None
-    except Interrupted as err:
-        typer.echo(_first_line(err), err=True)
-        raise typer.Exit(code=EXIT_INTERRUPTED) from None
-    except KeyboardInterrupt:  # outside a training session (loading, task building): no progress to report
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(code=EXIT_INTERRUPTED) from None
-    except (ValueError, FileNotFoundError, OSError, KeyError) as err:  # RunDirectoryError is a ValueError
-        typer.echo(f"error: {_first_line(err)}", err=True)
-        raise typer.Exit(code=EXIT_USAGE) from None
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
 
 def _quiet_libraries() -> None:
     """The CLI prints its own summary: silence the per-file progress bars of datasets and transformers."""
@@ -65,7 +36,7 @@ def _quiet_libraries() -> None:
 
 
 def _run(body: Callable[[], Any]) -> Any:
-    with _one_line_errors():
+    with one_line_errors():
         _quiet_libraries()
         threads = num_threads_from_env()
         if threads:
@@ -266,7 +237,7 @@ def games_command(
     from hybridrl.preference.games import GAP_FLOOR, METHODS, gap_bands, gap_curves
 
     methods = method or ["nash_mp", "egpo", "nash_md", "inpo", "online_ipo", "sppo"]
-    with _one_line_errors():
+    with one_line_errors():
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}: use {', '.join(METHODS)}")
@@ -469,7 +440,7 @@ def train_judge_command(
     _run(body)
 
 
-def main() -> None:  # `python -m hybridrl.preference.cli`
+def main() -> None:  # `python -m hybridrl.cli.pref`
     app()
 
 
