@@ -70,7 +70,7 @@ class MethodSpec:
     """RL families: ``build(config, ctx)``."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """The method's own settings of a config class it shares (IPO is the pairwise config with
-    ``loss_type="ipo"``); empty when the class's defaults are the method's."""
+    another ``loss_type``); empty when the class's defaults are the method's."""
     tiny: Mapping[str, Any] = field(default_factory=dict)
     """Overrides of the defaults that make a tiny, fast instance (smoke and isolation tests)."""
     plan: Callable[[Any], DataPlan] | None = None

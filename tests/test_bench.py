@@ -17,7 +17,9 @@ import pytest
 from _support import TINY_DATASET
 
 from hybridrl.bench import bundled, execute, suites
-from hybridrl.bench.runner import GridError, read_scores, run_grid
+from hybridrl.bench import settings as bench_settings
+from hybridrl.bench.rundir import read_scores
+from hybridrl.bench.runner import GridError, run_grid
 from hybridrl.bench.suites import RunSpec
 
 TINY_BC = {"hidden": "32,32", "batch_size": "64"}
@@ -110,7 +112,7 @@ def test_a_spec_json_written_before_envs_were_named_apart_is_the_same_run(store,
 
 
 def test_a_hybrid_grid_trains_on_the_dataset_and_in_the_env(store, tmp_path):
-    specs = suites.with_overrides(
+    specs = bench_settings.with_settings(
         suites.custom(["sac"], [TINY_DATASET], [0], steps=40, eval_episodes=1, envs=["hopper"]),
         ["hidden=32,32", "batch_size=32", "learning_starts=20"])
     result = run_grid(specs, tmp_path, workers=1, threads=1, device="cpu", echo=lambda _: None)
@@ -140,13 +142,19 @@ def test_preset_and_suite_files_have_sorted_keys_and_say_what_they_are():
         assert unsorted(yaml.safe_load(text), path.name) == []
 
 
-def test_bench_code_names_no_method():
+def test_the_loops_bench_report_and_cli_dispatch_name_no_method():
+    """Dispatch is by family: a method's name appears in its own file, presets and tests, nowhere else."""
+    import hybridrl
     from hybridrl import registry
 
     names = {s.name for s in registry.load_all()} | set(suites.labels())
-    for module in (suites, execute, sys.modules["hybridrl.bench.runner"]):
-        source = Path(module.__file__).read_text()
-        assert not [n for n in names if f'"{n}"' in source], module.__name__
+    root = Path(hybridrl.__file__).parent
+    files = [root / "runners.py", root / "registry.py", *(root / "bench").glob("*.py"),
+             *(root / "bench" / "report").glob("*.py"), *(root / "cli").glob("*.py")]
+    files = [f for f in files if f.name not in ("throughput.py", "pref_throughput.py")]  # reference libraries
+    for path in files:
+        source = path.read_text()
+        assert not [n for n in names if f'"{n}"' in source or f"'{n}'" in source], path
 
 
 def test_a_bad_suite_file_is_one_clear_error(tmp_path, monkeypatch):
@@ -185,7 +193,7 @@ def test_grid_runs_once_then_skips_finished_runs(store, tmp_path):
     bc = read_scores(tmp_path / grid[0].run_id)
     assert bc["metric"] == "normalized_score" and bc["score"] == bc["normalized_score"]
     games = read_scores(tmp_path / grid[-1].run_id)
-    assert set(games["final_gap"]) == set(execute.games_settings(grid[-1]).methods)
+    assert set(games["final_gap"]) == set(bench_settings.games_settings(grid[-1]).methods)
     assert games["gap_curves"]["nash_mp"]["iterations"][-1] == 50
 
     stamps = {s.run_id: (tmp_path / s.run_id / "scores.json").stat().st_mtime_ns for s in grid}
@@ -289,15 +297,15 @@ def test_preference_and_selfplay_runs_and_their_win_rate_matrix(tmp_path):
 
 def test_run_settings_go_through_the_one_override_parser():
     spec = RunSpec("preference", "dpo-majority", suites.BUNDLED_PREF_TASK, overrides={"learning_rate": "3e-4"})
-    method, loss, settings = execute.pairwise_settings(spec)
+    method, loss, settings = bench_settings.pairwise_settings(spec)
     assert (method, loss) == ("dpo", {})
     assert settings.learning_rate == 3e-4 and settings.batch_size == 32 and settings.judge == "majority"
     with pytest.raises(ValueError, match=r"unknown PairwiseRun field\(s\) \['lr'\]; valid: \[.*'learning_rate'"):
-        execute.pairwise_settings(replace(spec, overrides={"lr": "1"}))
+        bench_settings.pairwise_settings(replace(spec, overrides={"lr": "1"}))
     with pytest.raises(ValueError, match="batch_size must be int"):
-        execute.pairwise_settings(replace(spec, overrides={"batch_size": "many"}))
+        bench_settings.pairwise_settings(replace(spec, overrides={"batch_size": "many"}))
     # a self-play override that is no run setting is a hyperparameter of the method, typed by its config
-    settings, config = execute.selfplay_settings(RunSpec("selfplay", "inpo", suites.BUNDLED_PREF_TASK,
+    settings, config = bench_settings.selfplay_settings(RunSpec("selfplay", "inpo", suites.BUNDLED_PREF_TASK,
                                                          overrides={"eta": "2", "batch_size": "8"}))
     assert config.eta == 2.0 and config.tau == suites.preset("selfplay")["methods"]["inpo"]["tau"]
     assert settings.batch_size == 8 and settings.judge == "majority"
@@ -313,27 +321,28 @@ def test_set_false_reaches_a_run_as_false(monkeypatch, tmp_path):
         return {"eval": {"std": 0.0, "normalized_std": 0.0}, "normalized_score": 1.0, "return_mean": 2.0}
 
     monkeypatch.setattr(hybridrl.runners, "run", fake_run)
-    [spec] = suites.with_overrides(suites.custom(["cql"], [TINY_DATASET], [0], steps=10),
+    [spec] = bench_settings.with_settings(suites.custom(["cql"], [TINY_DATASET], [0], steps=10),
                                    ["tensorboard=false", "lagrange=false", "learning_starts=7"])
     execute.EXECUTORS[spec.kind](spec, tmp_path, "cpu", 1)
     assert seen["run"].tensorboard is False and seen["run"].learning_starts == 7
     assert seen["overrides"] == {"lagrange": "false"}
-    _, config = execute.rl_settings(spec)
+    _, config = bench_settings.rl_settings(spec)
     assert config.lagrange is False
     with pytest.raises(ValueError, match="tensorboard must be true or false"):
-        suites.with_overrides([spec], ["tensorboard=maybe"])
+        bench_settings.with_settings([spec], ["tensorboard=maybe"])
 
 
 def test_unknown_or_misplaced_settings_fail_before_any_run():
     quick = suites.suite("quick")
     with pytest.raises(ValueError, match=r"offline-bc-.*unknown setting\(s\) \['batch_sise'\] for bc: its hyper"):
-        suites.with_overrides(suites.select(quick, methods=["bc"]), ["batch_sise=64"])
+        bench_settings.with_settings(suites.select(quick, methods=["bc"]), ["batch_sise=64"])
     with pytest.raises(ValueError, match="not --set"):
-        suites.with_overrides(suites.select(quick, methods=["bc"]), ["steps=64"])
+        bench_settings.with_settings(suites.select(quick, methods=["bc"]), ["steps=64"])
     # SAC's learning_starts is a run setting: the default is the one SAC always had
     sac = suites.select(quick, methods=["sac"])
-    assert execute.rl_settings(sac[0])[0].learning_starts == 5000
-    assert execute.rl_settings(suites.with_overrides(sac, ["learning_starts=100"])[0])[0].learning_starts == 100
+    assert bench_settings.rl_settings(sac[0])[0].learning_starts == 5000
+    [later] = bench_settings.with_settings(sac, ["learning_starts=100"])
+    assert bench_settings.rl_settings(later)[0].learning_starts == 100
 
 
 def test_game_labels_parse_or_fail_clearly():

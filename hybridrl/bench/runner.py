@@ -31,29 +31,16 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from hybridrl.bench.rundir import ENVIRONMENT, ERROR, LOCK, SCORES, SPEC, read_scores
 from hybridrl.bench.suites import LATE_KINDS, RunSpec
 from hybridrl.core.checkpoint import atomic_write_json, atomic_write_text
 
-SPEC = "spec.json"
-SCORES = "scores.json"
-ENVIRONMENT = "environment.json"
-ERROR = "error.txt"
-LOCK = ".lock"
 PACKAGES = ("hybridrl", "torch", "numpy", "gymnasium", "mujoco", "minari", "transformers", "trl", "accelerate",
             "peft", "d3rlpy", "ray")
 
 
 class GridError(ValueError):
     """The grid cannot run as asked (a run directory holds another run, duplicate runs...)."""
-
-
-def read_scores(run_dir: Path) -> dict[str, Any] | None:
-    """The run's scores, or None when it has not finished (or its scores file is unreadable)."""
-    try:
-        scores = json.loads((run_dir / SCORES).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return scores if isinstance(scores, dict) and "score" in scores else None
 
 
 def environment(device: str) -> dict[str, Any]:

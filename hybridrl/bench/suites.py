@@ -251,21 +251,3 @@ def custom(methods: Sequence[str], datasets: Sequence[str], seeds: Sequence[int]
     return [spec for kind, name in resolved
             for spec in grid(kind, [name], datasets or [None], seeds, steps, envs=envs or [None],
                              eval_every=eval_every, eval_episodes=eval_episodes)]
-
-
-def with_overrides(specs: Sequence[RunSpec], assignments: Sequence[str]) -> list[RunSpec]:
-    """Add ``KEY=VALUE`` settings to every run. Each run's settings are checked at once by the parser its
-    run uses (``core.config.with_overrides``: unknown keys and bad values fail here, not midway through a
-    grid); the values stay text in the spec, as typed."""
-    from hybridrl.bench.execute import resolved_settings
-
-    extra: dict[str, Any] = {}
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"bad --set {assignment!r}: use KEY=VALUE, e.g. --set batch_size=512")
-        extra[key.strip().replace("-", "_")] = value.strip()
-    changed = [replace(s, overrides={**s.overrides, **extra}) for s in specs]
-    for spec in changed:
-        resolved_settings(spec)
-    return changed

@@ -107,6 +107,7 @@ def bench(
     """Run a benchmark suite as a resumable grid (finished runs are kept), then report it."""
     from hybridrl.bench import suites
     from hybridrl.bench.runner import run_grid
+    from hybridrl.bench.settings import with_settings
 
     method_list, dataset_list, env_list, seed_list = _csv(methods), _csv(datasets), _csv(envs), _csv(seeds, int)
     if suite == "custom":
@@ -116,7 +117,7 @@ def bench(
         specs = suites.select(suites.suite(suite), methods=method_list, datasets=dataset_list, envs=env_list,
                               seeds=seed_list, steps=steps)
     if param:
-        specs = suites.with_overrides(specs, param)
+        specs = with_settings(specs, param)
     if list_runs:
         for spec in specs:
             typer.echo(f"{spec.run_id}  steps={spec.steps}" + (f"  {spec.overrides}" if spec.overrides else ""))

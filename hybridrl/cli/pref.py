@@ -231,12 +231,11 @@ def games_command(
     ),
 ) -> None:
     """Duality gap vs iteration of Nash-learning methods on random intransitive preference games."""
-    # The report's gap plot, imported here only: hybridrl.bench builds on hybridrl.preference.
     from hybridrl.bench.report.plots import import_pyplot, write_gap_plot
     from hybridrl.core.checkpoint import atomic_write_json
-    from hybridrl.preference.games import GAP_FLOOR, METHODS, gap_bands, gap_curves
+    from hybridrl.preference.games import GAP_FLOOR, METHODS, SOLVERS, gap_bands, gap_curves
 
-    methods = method or ["nash_mp", "egpo", "nash_md", "inpo", "online_ipo", "sppo"]
+    methods = method or list(METHODS)
     with one_line_errors():
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
@@ -246,10 +245,11 @@ def games_command(
         bands = gap_bands(gap_curves(methods, n=n, beta=beta, iterations=iterations, samples=samples, seed=seed,
                                      num_games=games, device=device))
         kind = "exact preferences" if samples is None else f"{samples} samples per estimate"
-        # sppo has no reference term, so gap_curves scores it on the unregularized game
+        # a method without a reference term is scored by gap_curves on the unregularized game
+        unanchored = {m: f"{m} (beta=0 gap)" for m in methods if not SOLVERS[m].regularized}
         write_gap_plot(bands, out, title=f"n={n}, beta={beta}, {kind}, seed={seed}", band=("min", "max"),
                        ylabel=f"duality gap (median, min-max over {games} games)", floor=GAP_FLOOR,
-                       labels={"sppo": "sppo (beta=0 gap)"})
+                       labels=unanchored)
         summary = {m: {"gap_final_median": b["median"][-1], "gap_final_max": b["max"][-1]} for m, b in bands.items()}
         atomic_write_json(out.with_suffix(".json"), summary)
     typer.echo(f"{'method':<12} {'final gap (median)':>20} {'final gap (max)':>18}   ({games} games, seed {seed})")

@@ -299,21 +299,3 @@ def tokenize_pairs(
         pairs.rejected_ids.append(rejected_seq)
         pairs.rejected_prompt_lengths.append(rejected_start)
     return pairs, report
-
-
-# ---------------------------------------------------------------------------------------------------
-# Batching: each layout (its batch, collate and log-prob functions) is a module of
-# hybridrl.preference.layouts; their names stay importable from here, where pairs become batches.
-
-from hybridrl.preference.layouts import (  # noqa: E402, F401  (layouts only type-check against this module)
-    CHOSEN,
-    PROMPT,
-    REJECTED,
-    PackedPairBatch,
-    PairBatch,
-    SharedPromptBatch,
-    collate_packed,
-    collate_pairs,
-    collate_shared_prompt,
-    shares_prompts,
-)

@@ -9,11 +9,11 @@ import pytest
 from hybridrl.preference.data import (
     PreferenceDataConfig,
     PreferenceDataError,
-    collate_pairs,
     load_preference_dataset,
     split_implicit_prompt,
     tokenize_pairs,
 )
+from hybridrl.preference.layouts import collate_pairs
 from hybridrl.preference.models import load_tokenizer
 
 

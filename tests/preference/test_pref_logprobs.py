@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hybridrl.preference.data import PreferenceDataConfig, collate_pairs, tokenize_pairs
+from hybridrl.preference.data import PreferenceDataConfig, tokenize_pairs
+from hybridrl.preference.layouts import collate_pairs
 from hybridrl.preference.logprobs import cached_reference_logps, compute_reference_logps, sequence_logps
 from hybridrl.preference.models import load_causal_lm, load_tokenizer
 
@@ -114,7 +115,7 @@ def test_lora_reference_is_the_base_model(setup):
 
 
 def test_shared_prompt_layout_equals_concatenated(setup):
-    from hybridrl.preference.data import collate_shared_prompt, shares_prompts
+    from hybridrl.preference.layouts import collate_shared_prompt, shares_prompts
     from hybridrl.preference.logprobs import shared_prompt_logps
 
     model, tokenizer, pairs = setup
@@ -128,7 +129,7 @@ def test_shared_prompt_layout_equals_concatenated(setup):
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_layout_equals_concatenated(setup, tiny_lm, attention):
-    from hybridrl.preference.data import collate_packed
+    from hybridrl.preference.layouts import collate_packed
     from hybridrl.preference.logprobs import packed_logps
 
     _, tokenizer, pairs = setup
@@ -144,7 +145,7 @@ def test_packed_layout_equals_concatenated(setup, tiny_lm, attention):
 
 
 def test_packed_rows_hold_each_prompt_once_and_respect_the_row_length(setup):
-    from hybridrl.preference.data import CHOSEN, PROMPT, REJECTED, collate_packed
+    from hybridrl.preference.layouts import CHOSEN, PROMPT, REJECTED, collate_packed
 
     _, tokenizer, pairs = setup
     indices = list(range(16))

@@ -96,7 +96,7 @@ def test_tokenization_matches_trl(tiny_lm, text_rows, chat_rows, tmp_path, fmt):
 def test_loss_and_rewards_match_trl(tiny_lm, text_rows, tmp_path, loss_type, divergence, alpha):
     theirs = _trl_trainer(*tiny_lm, text_rows, tmp_path, loss_type, divergence, alpha)
     ours, pairs = _ours(*tiny_lm, text_rows, tmp_path, loss_type, divergence, alpha)
-    from hybridrl.preference.data import collate_pairs
+    from hybridrl.preference.layouts import collate_pairs
 
     for indices in BATCHES:
         trl_batch = theirs.data_collator([theirs.train_dataset[i] for i in indices])

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hybridrl.bench.runner import ENVIRONMENT, SCORES, SPEC
+from hybridrl.bench.rundir import ENVIRONMENT, SCORES, SPEC
 from hybridrl.bench.suites import KINDS
 from hybridrl.core.logging import read_metrics_checked
 from hybridrl.core.session import METRICS

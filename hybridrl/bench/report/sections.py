@@ -37,7 +37,7 @@ from hybridrl.bench.report.tables import (
     score_rows,
     scores_markdown,
 )
-from hybridrl.bench.runner import ENVIRONMENT
+from hybridrl.bench.rundir import ENVIRONMENT
 
 
 @dataclass
