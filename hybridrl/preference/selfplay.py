@@ -44,6 +44,7 @@ from torch import Tensor
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.core.seeding import resolve_device
 from hybridrl.core.session import CHECKPOINT, DivergenceError, Session
+from hybridrl.preference import selfplay_methods  # noqa: F401  (importing it registers every method)
 from hybridrl.preference.data import TokenizedPairs
 from hybridrl.preference.logprobs import collate, completion_logps, packing_mask_kind, pair_logps
 from hybridrl.preference.losses import PairLogps, resolve_loss
@@ -59,12 +60,18 @@ from hybridrl.preference.selfplay_spec import (  # noqa: F401  (the methods' API
     method_config,
     pair_values,
     register_selfplay,
-    resolve_selfplay_method,
     win_rates,
 )
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def resolve_selfplay_method(name: str) -> SelfPlaySpec:
+    """The method called ``name``; unknown names list the valid ones."""
+    if name not in SELFPLAY_METHODS:
+        raise ValueError(f"unknown self-play method {name!r}: choose one of {', '.join(SELFPLAY_METHODS)}")
+    return SELFPLAY_METHODS[name]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,6 @@ too, below the loop, so that a method file never imports the loop.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -70,14 +69,6 @@ def register_selfplay(spec: SelfPlaySpec) -> SelfPlaySpec:
     SELFPLAY_METHODS[spec.name] = spec
     registry.register(registry.MethodSpec(name=spec.name, family="selfplay", config=spec.config, summary=spec.summary))
     return spec
-
-
-def resolve_selfplay_method(name: str) -> SelfPlaySpec:
-    """The method called ``name``; unknown names list the valid ones."""
-    importlib.import_module("hybridrl.preference.selfplay_methods")  # explicit imports register them all
-    if name not in SELFPLAY_METHODS:
-        raise ValueError(f"unknown self-play method {name!r}: choose one of {', '.join(SELFPLAY_METHODS)}")
-    return SELFPLAY_METHODS[name]
 
 
 def method_config(spec: SelfPlaySpec, overrides: dict[str, Any] | None = None) -> Any:
