@@ -68,6 +68,27 @@ def data_make(
     typer.echo(f"wrote {dataset_id}")
 
 
+@app.command("mix")
+@user_errors
+def data_mix(
+    sources: Annotated[list[str], typer.Argument(help="Two datasets or more (Minari ids) of the same env.")],
+    out_id: Annotated[str, typer.Option("--out", help="Id of the mixed dataset, e.g. hybridrl/hopper/mixed-v0.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Fetch sources missing from the local store.")] = False,
+) -> None:
+    """Concatenate datasets' episodes (whole, as recorded) into a new Minari dataset.
+
+    The sources must record the same env, action space and reference scores; the new dataset
+    records its sources (ids, episodes, transitions) in its metadata (`data info` shows them).
+    """
+    from hybridrl.control.mixing import mix
+
+    result = mix(sources, out_id, overwrite=overwrite, download=download)
+    for source in result["sources"]:
+        typer.echo(f"  {source['id']}: {source['episodes']} episodes, {source['transitions']} transitions")
+    typer.echo(f"wrote {out_id}: {result['episodes']} episodes, {result['transitions']} transitions")
+
+
 @app.command("info")
 @user_errors
 def data_info(dataset_id: str, download: bool = False) -> None:
@@ -95,6 +116,6 @@ def data_info(dataset_id: str, download: bool = False) -> None:
     recorded = {key.removeprefix("hybridrl_"): value for key, value in sorted(data.metadata.items())
                 if key.startswith("hybridrl_")}
     if recorded:
-        typer.echo("recorded by the factory:")
+        typer.echo("recorded by hybridrl (factory or mix):")
         for key, value in recorded.items():
             typer.echo(f"  {key:<26} {value}")
