@@ -103,9 +103,11 @@ METHODS: dict[tuple[Family, str], MethodSpec] = {}
 
 # Explicit list, no package scanning: a new method adds its module here.
 _MODULES = (
+    "hybridrl.offline.a2pr",
     "hybridrl.offline.bc",
     "hybridrl.offline.cql",
     "hybridrl.offline.iql",
+    "hybridrl.offline.prdc",
     "hybridrl.offline.td3bc",
     "hybridrl.online.sac",
     "hybridrl.preference.losses",

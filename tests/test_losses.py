@@ -126,3 +126,24 @@ def test_expectile_loss_minimiser_is_the_expectile():
     grid = torch.linspace(0, 1, 1001)
     losses = torch.stack([expectile_loss(targets - m, 0.7) for m in grid])
     assert grid[losses.argmin()].item() == pytest.approx(0.7, abs=1e-3)
+
+
+def test_cvae_loss_weights_rows_of_the_reconstruction_and_averages_the_kl():
+    from hybridrl.core.losses import cvae_loss
+
+    recon = torch.tensor([[1.0, 0.0], [2.0, 2.0]], requires_grad=True)
+    action = torch.zeros(2, 2)
+    mean = torch.tensor([[1.0], [0.0]])
+    log_std = torch.tensor([[0.0], [math.log(2.0)]])
+    loss, metrics = cvae_loss(recon, action, mean, log_std, row_weight=torch.tensor([1.0, 0.0]), kl_weight=0.5)
+    # Reconstruction: (1 + 0 + 0 + 0) / 4, the zero-weight row still counted in the mean.
+    assert metrics["loss/vae_recon"].item() == pytest.approx(0.25)
+    # KL per element -0.5 (1 + log s^2 - m^2 - s^2): 0.5 and -0.5 (1 + 2 log 2 - 4); averaged.
+    kl = (0.5 + -0.5 * (1 + 2 * math.log(2.0) - 4)) / 2
+    assert metrics["loss/vae_kl"].item() == pytest.approx(kl)
+    assert loss.item() == pytest.approx(0.25 + 0.5 * kl)
+    loss.backward()
+    assert torch.equal(recon.grad[1], torch.zeros(2))  # a filtered row's reconstruction teaches nothing
+    # Without weights every row counts; the KL vanishes at the prior.
+    plain, _ = cvae_loss(recon.detach(), action, torch.zeros(2, 1), torch.zeros(2, 1))
+    assert plain.item() == pytest.approx((1 + 4 + 4) / 4)

@@ -127,3 +127,36 @@ def test_obs_normalizer():
     assert torch.equal(other(x), norm(x))
     with pytest.raises(ValueError, match="positive"):
         ObsNormalizer(torch.zeros(2), torch.tensor([1.0, 0.0]))
+
+
+def test_conditional_vae_shapes_clamps_clips_and_detaches():
+    from hybridrl.core.nets import ConditionalVAE
+
+    torch.manual_seed(0)
+    vae = ConditionalVAE(3, 2, latent_dim=4, hidden=(8, 8), latent_clip=0.5)
+    obs = torch.randn(5, 3)
+    action = (torch.rand(5, 2) * 2 - 1).requires_grad_(True)
+    recon, mean, log_std = vae(obs, action)
+    assert recon.shape == (5, 2) and mean.shape == log_std.shape == (5, 4)
+    assert recon.abs().max() <= 1.0
+    # Sampling draws z ~ N(0, 1) clipped to [-0.5, 0.5].
+    torch.manual_seed(1)
+    sampled = vae.decode(obs)
+    torch.manual_seed(1)
+    assert torch.equal(sampled, vae.decode(obs, torch.randn(5, 4).clamp(-0.5, 0.5)))
+    # The log std is clamped to [-4, 15].
+    with torch.no_grad():
+        vae.encoder[-1].bias[4:] = 100.0
+    assert vae.encode(obs, action)[1].max().item() == 15.0
+    with torch.no_grad():
+        vae.encoder[-1].bias[4:] = -100.0
+    assert vae.encode(obs, action)[1].min().item() == -4.0
+    # Detached weights: the same values, gradient to the inputs only.
+    torch.manual_seed(2)
+    expected = vae(obs, action)[0]
+    torch.manual_seed(2)
+    got = vae(obs, action, detach_params=True)[0]
+    assert torch.allclose(got, expected)
+    got.sum().backward()
+    assert all(p.grad is None for p in vae.parameters())
+    assert action.grad is not None and action.grad.abs().sum() > 0

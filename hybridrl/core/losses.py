@@ -80,6 +80,27 @@ def td3_critic_loss(q: torch.Tensor, reward: torch.Tensor, terminated: torch.Ten
     return critic_mse_loss(q, target), target
 
 
+def anchored_actor_loss(q: torch.Tensor, pi_action: torch.Tensor, anchor_action: torch.Tensor, alpha: float,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-lambda mean(Q) + mean((pi(s) - anchor)^2) with lambda = alpha / mean|Q| held constant.
+
+    TD3+BC anchors the actor to the dataset's action, PRDC to the action of the dataset point
+    nearest to (beta s, pi(s)).
+
+    Args:
+        q: (B,) Q_1(s, pi(s)), differentiable in pi(s).
+        pi_action: (B, act_dim) the actor's actions; anchor_action: (B, act_dim) their anchors.
+        alpha: the Q weight before normalization.
+    Returns:
+        (loss, lambda, the anchor's mean squared error without gradient)
+    """
+    # Normalizing by the Q scale makes alpha independent of the reward scale; the clamp only guards
+    # the 0/0 of an all-zero critic (1e-8 is below any Q a trained critic produces).
+    lmbda = alpha / q.abs().mean().detach().clamp_min(1e-8)
+    anchor = F.mse_loss(pi_action, anchor_action)
+    return -lmbda * q.mean() + anchor, lmbda, anchor.detach()
+
+
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """Asymmetric squared loss mean(|tau - 1(u < 0)| u^2) with u = target - prediction.
 
@@ -88,3 +109,28 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """
     weight = torch.where(diff < 0, 1.0 - expectile, expectile)
     return (weight * diff.pow(2)).mean()
+
+
+def cvae_loss(recon: torch.Tensor, action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, *,
+              row_weight: torch.Tensor | None = None, kl_weight: float = 0.5,
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Conditional VAE loss mean(w (a^ - a)^2) + kl_weight * KL (BCQ's form; A2PR weights the rows).
+
+    KL = -0.5 mean(1 + log sigma^2 - mu^2 - sigma^2), averaged over rows and latent dimensions; the
+    reconstruction error is averaged over rows and action dimensions, rows of weight 0 included in the
+    count (so the weight removes rows' errors without rescaling the others').
+
+    Args:
+        recon, action: (B, act_dim) the decoded and the dataset actions.
+        mean, log_std: (B, latent_dim) the encoder's Gaussian.
+        row_weight: (B,) weight of each row's reconstruction error (default 1); the KL term has none.
+        kl_weight: the KL term's weight (0.5 in BCQ and A2PR).
+    Returns:
+        (loss, metrics with the reconstruction and KL terms)
+    """
+    error = (recon - action).pow(2)
+    if row_weight is not None:
+        error = error * row_weight.unsqueeze(-1)
+    recon_loss = error.mean()
+    kl = -0.5 * (1.0 + 2.0 * log_std - mean.pow(2) - (2.0 * log_std).exp()).mean()
+    return recon_loss + kl_weight * kl, {"loss/vae_recon": recon_loss.detach(), "loss/vae_kl": kl.detach()}

@@ -217,3 +217,60 @@ class ObsNormalizer(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.mean) / self.std
+
+
+def _mlp_forward(net: nn.Sequential, x: torch.Tensor, *, detach_params: bool) -> torch.Tensor:
+    """Run an ``mlp`` on ``x``; with ``detach_params`` its weights act as constants (no gradient reaches them)."""
+    if not detach_params:
+        return net(x)
+    for layer in net:
+        # Parameter-free layers (ReLU) run as they are; the VAE's nets have no LayerNorm.
+        x = F.linear(x, layer.weight.detach(), layer.bias.detach()) if isinstance(layer, nn.Linear) else layer(x)
+    return x
+
+
+class ConditionalVAE(nn.Module):
+    """Conditional VAE of actions given states, BCQ-style (BCQ, A2PR's behaviour model).
+
+    Encoder (s, a) -> hidden -> (mean, log std) of a ``latent_dim`` Gaussian, the log std clamped to
+    [-4, 15]; decoder (s, z) -> hidden -> tanh action in [-1, 1]. ``detach_params=True`` lets a
+    loss differentiate through the VAE to its inputs (an actor's actions) without reaching its weights.
+    """
+
+    LOG_STD_MIN, LOG_STD_MAX = -4.0, 15.0
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden: Sequence[int] = (750, 750),
+                 latent_clip: float = 0.5) -> None:
+        super().__init__()
+        # One head of 2 * latent_dim outputs is the reference's two heads (mean, log std) side by side.
+        self.encoder = mlp(obs_dim + act_dim, 2 * latent_dim, hidden)
+        self.decoder = mlp(obs_dim + latent_dim, act_dim, hidden)
+        self.latent_dim = latent_dim
+        self.latent_clip = latent_clip
+
+    def encode(self, obs: torch.Tensor, action: torch.Tensor, *, detach_params: bool = False,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and clamped log std of q(z | s, a), each (B, latent_dim)."""
+        out = _mlp_forward(self.encoder, torch.cat([obs, action], dim=-1), detach_params=detach_params)
+        mean, log_std = out.chunk(2, dim=-1)
+        return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+
+    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None, *, detach_params: bool = False,
+               ) -> torch.Tensor:
+        """Actions (B, act_dim) in [-1, 1] decoded from ``z``.
+
+        Without ``z``, the latent is drawn from N(0, 1) and clipped to [-latent_clip, latent_clip]:
+        sampling near the prior's mode keeps generated actions where the data are dense (BCQ).
+        """
+        if z is None:
+            z = torch.randn(*obs.shape[:-1], self.latent_dim, device=obs.device, dtype=obs.dtype)
+            z = z.clamp(-self.latent_clip, self.latent_clip)
+        out = _mlp_forward(self.decoder, torch.cat([obs, z], dim=-1), detach_params=detach_params)
+        return torch.tanh(out)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, *, detach_params: bool = False,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reparameterised reconstruction of ``action``: (reconstruction, mean, log std)."""
+        mean, log_std = self.encode(obs, action, detach_params=detach_params)
+        z = mean + log_std.exp() * torch.randn_like(mean)
+        return self.decode(obs, z, detach_params=detach_params), mean, log_std
