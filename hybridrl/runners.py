@@ -264,6 +264,21 @@ def _plan_for(spec: registry.MethodSpec, algo_config: Any, run: RunConfig, *, da
     return DataPlan(**{**asdict(plan), **changes})
 
 
+def check_budget(method: str, run: RunConfig, *, dataset: str | None = None, env: str | None = None,
+                 overrides: list[str] | dict[str, Any] | None = None) -> None:
+    """Refuse a run whose budget cannot train: an online or hybrid run that ends before its first update.
+
+    Such a run would act at random for all its steps and still report a score. Commands call this
+    before anything is loaded or written; the library's loop itself allows it (the factory's tests
+    use such runs to check checkpoints cheaply).
+    """
+    spec = registry.get(method, families=registry.RL_FAMILIES)
+    plan = _plan_for(spec, with_overrides(spec.default_config(), overrides or []), run, dataset=dataset, env=env)
+    if plan.uses_env and plan.source != "custom" and run.learning_starts >= run.steps:
+        raise ValueError(f"learning-starts ({run.learning_starts}) must be below steps ({run.steps}): the run would "
+                         "make no update; raise --steps or lower --learning-starts")
+
+
 def prepare(method: str, run: RunConfig, *, dataset: str | None = None, env: str | None = None,
             eval_env: str | None = None, overrides: list[str] | dict[str, Any] | None = None,
             download: bool = False) -> Prepared:
@@ -288,6 +303,7 @@ def prepare(method: str, run: RunConfig, *, dataset: str | None = None, env: str
     if evaluation is None:
         raise datasets.DatasetError(f"dataset {dataset!r} records no environment: evaluate in one with --eval-env")
     probe = make_env(train_env if train_env is not None else evaluation)
+    _check_spaces(probe, spec.name)
     obs_dim = probe.observation_space.shape[0]
     low = tuple(float(x) for x in probe.action_space.low)
     high = tuple(float(x) for x in probe.action_space.high)
@@ -311,6 +327,19 @@ def prepare(method: str, run: RunConfig, *, dataset: str | None = None, env: str
               "obs_dim": obs_dim, "act_dim": len(low), "action_low": list(low), "action_high": list(high),
               "run": _run_record(run)}
     return Prepared(spec, algo_config, plan, ctx, buffer, train_env, evaluation, ref_scores, record, data=data)
+
+
+def _check_spaces(env: Any, method: str) -> None:
+    """Refuse (and close) an env whose spaces the methods cannot use: they act in flat Boxes."""
+    import gymnasium as gym
+
+    name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+    for what, space in (("action", env.action_space), ("observation", env.observation_space)):
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            env.close()
+            kind = "discrete" if isinstance(space, gym.spaces.Discrete) else type(space).__name__
+            raise ValueError(f"{name} has a {kind} {what} space ({space}), but {method} needs a flat continuous "
+                             f"(Box) {what} space: pick a continuous-control env, e.g. Pendulum-v1 or hopper")
 
 
 def _env_name(env: Any) -> str:

@@ -147,13 +147,14 @@ def _train_command(spec: Any) -> Callable[..., None]:
     @user_errors
     def command(**kwargs: Any) -> None:
         from hybridrl.core.config import from_dict, parse_assignments, to_dict
-        from hybridrl.runners import run
+        from hybridrl.runners import check_budget, run
 
         given = {k: kwargs[k] for k in run_fields if kwargs.get(k) is not None}
         run_config = from_dict(RunConfig, {**to_dict(run_defaults), **given})
         overrides = {k: kwargs[k] for k in method_fields if kwargs.get(k) is not None
                      and kwargs[k] != getattr(spec.default_config(), k)}
         overrides.update(parse_assignments(kwargs["param"]))
+        check_budget(spec.name, run_config, dataset=kwargs["dataset"], env=kwargs["env"], overrides=overrides)
         result = run(spec.name, run_config, dataset=kwargs["dataset"], env=kwargs["env"],
                      eval_env=kwargs["eval_env"], out_dir=kwargs["out"], overrides=overrides,
                      download=kwargs["download"])

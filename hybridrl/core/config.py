@@ -65,6 +65,40 @@ class RunConfig:
             raise ValueError(f"offline-fraction must be in [0, 1], got {self.offline_fraction}")
 
 
+def _option_name(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def check_fields(config: Any) -> None:
+    """Check a method config's hyperparameters by the fields' names; raise one ValueError line.
+
+    Conventions every method shares, so a config's ``__post_init__`` calls this once instead of
+    repeating the checks: ``lr`` and ``*_lr`` above 0; ``gamma`` and ``tau`` in [0, 1];
+    ``batch_size`` at least 1; every width of ``hidden`` (and ``*_hidden``) at least 1. A field set
+    to None (a default computed later) is not checked. The message names the option a CLI user
+    sets (``--actor-lr``, or ``--set actor_lr=...``).
+    """
+    for f in dataclasses.fields(config):
+        name, value = f.name, getattr(config, f.name)
+        if value is None or isinstance(value, bool):
+            continue
+        if name == "lr" or name.endswith("_lr"):
+            if not value > 0:  # also refuses NaN
+                raise ValueError(f"{_option_name(name)} must be above 0, got {value}")
+        elif name in ("gamma", "tau"):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        elif name == "batch_size":
+            if value < 1:
+                raise ValueError(f"batch-size must be at least 1, got {value}")
+        elif name == "hidden" or name.endswith("_hidden"):
+            widths = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+            if any(w < 1 for w in widths):
+                shown = ",".join(map(str, widths))
+                raise ValueError(f"{_option_name(name)} {shown}: every layer width must be at least 1 "
+                                 "(e.g. 256,256)")
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a dataclass (its attribute docstrings), read from the source.
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import bc_mse_loss
 from hybridrl.core.nets import DeterministicActor, ObsNormalizer
@@ -32,6 +33,9 @@ class BCConfig:
     """Hidden widths of the policy MLP."""
     normalize_states: bool = False
     """Normalize observations with the dataset's mean and std (CORL's option; off by default)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 class BC:

@@ -59,6 +59,7 @@ from typing import Literal
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import (
     clipped_double_q_target,
@@ -116,6 +117,7 @@ class CQLConfig:
     """Steps of BC warm-up for the actor (official 40000, CORL 0)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.num_sampled_actions < 1:
             raise ValueError("num_sampled_actions must be >= 1")
         if self.temperature <= 0:

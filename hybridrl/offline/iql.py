@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import critic_mse_loss, expectile_loss
 from hybridrl.core.nets import DeterministicActor, EnsembleCritic, GaussianActor, ObsNormalizer, ValueNet, soft_update_
@@ -81,6 +82,7 @@ class IQLConfig:
     """Normalize observations with the dataset's mean and std (CORL; the official code does not)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not 0.0 < self.expectile < 1.0:
             raise ValueError("expectile must be in (0, 1)")
         if self.temperature < 0 or self.max_weight <= 0:

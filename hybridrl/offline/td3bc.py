@@ -29,11 +29,11 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
-from hybridrl.core.losses import target_policy_smoothing, td3_critic_loss
+from hybridrl.core.losses import anchored_actor_loss, target_policy_smoothing, td3_critic_loss
 from hybridrl.core.nets import DeterministicActor, EnsembleCritic, ObsNormalizer, soft_update_
 from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
 from hybridrl.registry import MethodSpec, register
@@ -69,6 +69,7 @@ class TD3BCConfig:
     """Normalize observations with the dataset's mean and std (paper: on for all D4RL tasks)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.policy_delay < 1:
             raise ValueError("policy_delay must be >= 1")
         if self.num_critics < 1:
@@ -88,11 +89,8 @@ def td3bc_actor_loss(q: torch.Tensor, pi_action: torch.Tensor, data_action: torc
     Returns:
         (loss, metrics with lambda and the BC error)
     """
-    # Normalizing by the Q scale makes alpha independent of the reward scale; the clamp only guards
-    # the 0/0 of an all-zero critic (1e-8 is below any Q a trained critic produces).
-    lmbda = alpha / q.abs().mean().detach().clamp_min(1e-8)
-    bc = F.mse_loss(pi_action, data_action)
-    return -lmbda * q.mean() + bc, {"actor/lambda": lmbda, "loss/bc": bc.detach()}
+    loss, lmbda, bc = anchored_actor_loss(q, pi_action, data_action, alpha)
+    return loss, {"actor/lambda": lmbda, "loss/bc": bc}
 
 
 class TD3BC:

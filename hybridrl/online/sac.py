@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import clipped_double_q_target, critic_mse_loss, sac_actor_loss, sac_temperature_loss
 from hybridrl.core.nets import EnsembleCritic, TanhGaussianActor, soft_update_
@@ -55,6 +56,9 @@ class SACConfig:
     """Entropy the temperature steers to (None: -|A|)."""
     initial_alpha: float = 1.0
     """Temperature at the start."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 class SAC:
