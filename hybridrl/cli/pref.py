@@ -139,11 +139,13 @@ def train(
         from hybridrl.preference.models import load_causal_lm, load_tokenizer
         from hybridrl.preference.trainer import PairwiseTrainer
 
+        from hybridrl.core.session import prepare_run_dir
+
+        run_dir = prepare_run_dir(out or Path("runs") / f"pref-{method}")  # before the long loads
         rows = load_preference_dataset(dataset, split=split)
         tokenizer = load_tokenizer(model)
         pairs, report = tokenize_pairs(rows, tokenizer, data_config)
         typer.echo(f"data: {report.summary()}", err=True)
-        run_dir = out or Path("runs") / f"pref-{method}"
         trainer = PairwiseTrainer(
             model=load_causal_lm(model),
             tokenizer=tokenizer,
@@ -324,6 +326,9 @@ def selfplay_command(
         )
         oracle = resolve_judge(judge, position_bias=position_bias, seed=seed)  # type: ignore[arg-type]
         prompt_texts = _read_prompts(prompts)
+        from hybridrl.core.session import prepare_run_dir
+
+        prepare_run_dir(out)  # before the models load
 
         from hybridrl.preference.models import load_causal_lm, load_tokenizer
         from hybridrl.preference.selfplay import SelfPlayTrainer

@@ -17,6 +17,7 @@ column is an error, with one line saying which and how to fix it.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -61,22 +62,26 @@ class PreferenceDataConfig:
 
 @dataclass
 class DropReport:
-    """How many rows were read, kept and dropped (by reason)."""
+    """How many rows were read, kept and dropped (by reason), and what was kept but changed or repeated
+    (``noted``: duplicate rows, pairs whose completions were cut to ``max_length``)."""
 
     total: int = 0
     dropped: Counter = field(default_factory=Counter)
+    noted: Counter = field(default_factory=Counter)
 
     @property
     def kept(self) -> int:
         return self.total - sum(self.dropped.values())
 
     def summary(self) -> str:
+        def counts(counter: Counter) -> str:
+            return ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(counter.items()))
+
         if not self.dropped:
-            return f"kept all {self.total} rows"
-        reasons = ", ".join(
-            f"{count} {reason.replace('_', ' ')}" for reason, count in sorted(self.dropped.items())
-        )
-        return f"kept {self.kept} of {self.total} rows; dropped {reasons}"
+            text = f"kept all {self.total} rows"
+        else:
+            text = f"kept {self.kept} of {self.total} rows; dropped {counts(self.dropped)}"
+        return text + (f"; kept {counts(self.noted)}" if self.noted else "")
 
 
 @dataclass
@@ -119,6 +124,9 @@ def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") 
                 raise PreferenceDataError(
                     f"cannot read {path.name}: use a .json, .jsonl, .parquet or .csv file"
                 )
+            if builder == "json":
+                # datasets' own errors name neither the line nor the problem: read the file here first
+                read_json_rows(path)
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         elif path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
             dataset = datasets.load_from_disk(str(path))
@@ -133,6 +141,82 @@ def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") 
         raise PreferenceDataError(f"cannot load dataset {str(source)!r}: {first_line}") from err
     check_columns(dataset.column_names)
     return dataset
+
+
+def read_json_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON Lines file, or of a .json file holding one list of objects.
+
+    Raises a one-line :class:`PreferenceDataError` naming the file and the line for an empty file,
+    bytes that are not UTF-8, a line that is not JSON (a torn last line included) or is not an object,
+    and a prompt or completion that is neither text nor a list of messages (a number, say).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise PreferenceDataError(f"cannot read {path}: {err.strerror or type(err).__name__}") from None
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PreferenceDataError(f"{path}, line {number}: not UTF-8 text; save the file as UTF-8") from None
+    text = raw.decode("utf-8")
+    if not text.strip():
+        raise PreferenceDataError(f"{path} is empty: a preference file needs one JSON object per line")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PreferenceDataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from None
+        where = [f"{path}, item {i + 1}" for i in range(len(rows))]
+    elif path.suffix.lower() == ".json" and _one_object(text):
+        rows, where = [json.loads(text)], [str(path)]
+    else:
+        rows, where = [], []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                last = number == len(text.splitlines()) and not text.endswith("\n")
+                torn = " (the file may be cut short)" if last and number > 1 else ""
+                raise PreferenceDataError(
+                    f"{path}, line {number}: not valid JSON{torn} ({err.msg}); each line must be one JSON object"
+                ) from None
+            where.append(f"{path}, line {number}")
+    for place, row in zip(where, rows, strict=True):
+        if not isinstance(row, dict):
+            raise PreferenceDataError(f"{place}: a row must be a JSON object with prompt/chosen/rejected, "
+                                      f"got {_json_kind(row)}")
+        # a number where text belongs is a broken file, not a row to drop silently
+        for name in REQUIRED_COLUMNS:
+            value = row.get(name)
+            if value is not None and not isinstance(value, (str, list)):
+                raise PreferenceDataError(f"{place}: {name!r} is {_json_kind(value)}, not text or chat messages")
+    if not rows:
+        raise PreferenceDataError(f"{path} holds no rows")
+    return rows
+
+
+def _one_object(text: str) -> bool:
+    """Whether ``text`` is a single JSON object (a .json file may hold one row spread over lines)."""
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else "text"
 
 
 def _pick_split(dataset_dict: Any, split: str, source: Any) -> Dataset:
@@ -259,8 +343,13 @@ def tokenize_pairs(
     check_columns(columns)
     report = DropReport()
     pairs = TokenizedPairs([], [], [], [])
+    seen: set[str] = set()
     for row in dataset:
         report.total += 1
+        key = json.dumps([row.get(name) for name in REQUIRED_COLUMNS], sort_keys=True, default=str)
+        if key in seen:
+            report.noted["duplicate_rows"] += 1  # kept: repeating a pair is a weighting the data chose
+        seen.add(key)
         chosen, rejected = row.get("chosen"), row.get("rejected")
         prompt = row.get("prompt")
         if not isinstance(chosen, (str, list)) or not isinstance(rejected, (str, list)):
@@ -294,6 +383,10 @@ def tokenize_pairs(
             continue
         chosen_seq, chosen_start = _truncate(prompt_ids, chosen_ids, config)
         rejected_seq, rejected_start = _truncate(prompt_ids, rejected_ids, config)
+        if len(chosen_seq) < len(prompt_ids) + len(chosen_ids) or (
+            len(rejected_seq) < len(prompt_ids) + len(rejected_ids)
+        ):
+            report.noted["pairs_cut_to_max_length"] += 1
         pairs.chosen_ids.append(chosen_seq)
         pairs.chosen_prompt_lengths.append(chosen_start)
         pairs.rejected_ids.append(rejected_seq)

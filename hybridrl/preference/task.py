@@ -380,7 +380,10 @@ def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> d
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a JSON Lines file; a broken file is one line naming the file and the line."""
+    from hybridrl.preference.data import read_json_rows
+
+    return read_json_rows(path)
 
 
 def evaluate_against(
