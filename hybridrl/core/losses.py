@@ -80,6 +80,27 @@ def td3_critic_loss(q: torch.Tensor, reward: torch.Tensor, terminated: torch.Ten
     return critic_mse_loss(q, target), target
 
 
+def anchored_actor_loss(q: torch.Tensor, pi_action: torch.Tensor, anchor_action: torch.Tensor, alpha: float,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-lambda mean(Q) + mean((pi(s) - anchor)^2) with lambda = alpha / mean|Q| held constant.
+
+    TD3+BC anchors the actor to the dataset's action, PRDC to the action of the dataset point
+    nearest to (beta s, pi(s)).
+
+    Args:
+        q: (B,) Q_1(s, pi(s)), differentiable in pi(s).
+        pi_action: (B, act_dim) the actor's actions; anchor_action: (B, act_dim) their anchors.
+        alpha: the Q weight before normalization.
+    Returns:
+        (loss, lambda, the anchor's mean squared error without gradient)
+    """
+    # Normalizing by the Q scale makes alpha independent of the reward scale; the clamp only guards
+    # the 0/0 of an all-zero critic (1e-8 is below any Q a trained critic produces).
+    lmbda = alpha / q.abs().mean().detach().clamp_min(1e-8)
+    anchor = F.mse_loss(pi_action, anchor_action)
+    return -lmbda * q.mean() + anchor, lmbda, anchor.detach()
+
+
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """Asymmetric squared loss mean(|tau - 1(u < 0)| u^2) with u = target - prediction.
 
