@@ -107,6 +107,7 @@ _MODULES = (
     "hybridrl.offline.bc",
     "hybridrl.offline.cql",
     "hybridrl.offline.iql",
+    "hybridrl.offline.prdc",
     "hybridrl.offline.td3bc",
     "hybridrl.online.sac",
     "hybridrl.preference.losses",
