@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import anchored_actor_loss, target_policy_smoothing, td3_critic_loss
 from hybridrl.core.neighbours import NearestNeighbours
@@ -82,6 +83,7 @@ class PRDCConfig:
     """Normalize observations with the dataset's mean and std, for the networks and the search alike."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.policy_delay < 1:
             raise ValueError("policy_delay must be >= 1")
         if self.num_critics < 1:
