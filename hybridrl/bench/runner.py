@@ -115,6 +115,8 @@ class GridResult:
     finished: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    busy: list[str] = field(default_factory=list)
+    """Runs another process holds (its lock): neither finished nor failed here."""
 
 
 def _claim(spec: RunSpec, run_dir: Path) -> None:
@@ -180,6 +182,9 @@ def run_grid(specs: Sequence[RunSpec], out: Path, *, workers: int | None = None,
             s = outcome["scores"]
             value = "n/a" if s["score"] is None else f"{s['score']:.4g}"
             echo(f"[{done}/{len(pending)}] {run_id}: {s['metric']} {value} ({s['wall_s']:.0f} s)")
+        elif outcome["status"] == "busy":
+            result.busy.append(run_id)
+            echo(f"[{done}/{len(pending)}] {run_id}: busy: {outcome['error']}")
         else:
             result.failed[run_id] = outcome["error"]
             echo(f"[{done}/{len(pending)}] {run_id}: {outcome['status']}: {outcome['error']}")
@@ -190,7 +195,8 @@ def run_grid(specs: Sequence[RunSpec], out: Path, *, workers: int | None = None,
         if jobs:
             _run_jobs(jobs, workers, threads, ray, ray_address, report)
     echo(f"grid done in {time.perf_counter() - start:.0f} s: {len(result.finished)} finished, "
-         f"{len(result.failed)} failed, {len(result.skipped)} skipped")
+         f"{len(result.failed)} failed, {len(result.skipped)} skipped"
+         + (f", {len(result.busy)} busy in another process" if result.busy else ""))
     return result
 
 

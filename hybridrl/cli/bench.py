@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from hybridrl.bench.checks import STEPS_HELP
 from hybridrl.cli.errors import EXIT_DIVERGED, user_errors
 
 DEMO_TRANSITIONS = 20_000
@@ -22,14 +23,19 @@ def _demo_command() -> Callable[..., None]:
     runs = [(str(r["method"]), int(r["steps"])) for r in preset("demo")["runs"]]
     keyword = inspect.Parameter.KEYWORD_ONLY
     params = [
-        inspect.Parameter("task", keyword, annotation=str, default=typer.Option("hopper", "--task")),
-        inspect.Parameter("transitions", keyword, annotation=int,
-                          default=typer.Option(DEMO_TRANSITIONS, "--transitions")),
+        inspect.Parameter("task", keyword, annotation=str, default=typer.Option(
+            "hopper", "--task", help="hopper, halfcheetah or walker2d: the task of the random dataset.")),
+        inspect.Parameter("transitions", keyword, annotation=Optional[int], default=typer.Option(  # noqa: UP045
+            None, "--transitions", help=f"Transitions of the random dataset when it is made (default "
+            f"{DEMO_TRANSITIONS}); an existing dataset of another size is refused, not remade.")),
         *(inspect.Parameter(f"{name}_steps", keyword, annotation=int, default=typer.Option(
             steps, f"--{name.replace('_', '-')}-steps", help=f"Updates of {name}.")) for name, steps in runs),
-        inspect.Parameter("seed", keyword, annotation=int, default=typer.Option(0, "--seed")),
-        inspect.Parameter("device", keyword, annotation=str, default=typer.Option("auto", "--device")),
-        inspect.Parameter("out", keyword, annotation=Path, default=typer.Option(Path("runs/demo"), "--out")),
+        inspect.Parameter("seed", keyword, annotation=int, default=typer.Option(
+            0, "--seed", help="Seeds the dataset's rollouts and every run.")),
+        inspect.Parameter("device", keyword, annotation=str, default=typer.Option(
+            "auto", "--device", help="auto, cpu, cuda or cuda:N.")),
+        inspect.Parameter("out", keyword, annotation=Path, default=typer.Option(
+            Path("runs/demo"), "--out", help="Directory of the runs (one per method).")),
         inspect.Parameter("threads", keyword, annotation=Optional[int],  # noqa: UP045
                           default=typer.Option(None, "--threads", help="torch CPU threads (default: one per core).")),
     ]
@@ -42,12 +48,26 @@ def _demo_command() -> Callable[..., None]:
         from hybridrl.factory import dataset_id as factory_dataset_id
         from hybridrl.runners import run
 
-        task, seed, out = kwargs["task"], kwargs["seed"], kwargs["out"]
+        task, seed, out, transitions = kwargs["task"], kwargs["seed"], kwargs["out"], kwargs["transitions"]
+        if transitions is not None and transitions < 1:
+            raise ValueError(f"--transitions must be at least 1, got {transitions}")
+        for name, _ in runs:
+            if kwargs[f"{name}_steps"] < 1:
+                raise ValueError(f"--{name.replace('_', '-')}-steps must be at least 1, got {kwargs[f'{name}_steps']}")
         dataset_id = factory_dataset_id(task, "random")
         if dataset_id not in local_dataset_ids():
-            typer.echo(f"making {dataset_id} ({kwargs['transitions']} transitions of real {task} rollouts)")
-            make_dataset(task, "random", config=FactoryConfig(transitions=kwargs["transitions"], preset="demo"),
-                         seed=seed)
+            transitions = transitions or DEMO_TRANSITIONS
+            typer.echo(f"making {dataset_id} ({transitions} transitions of real {task} rollouts)")
+            make_dataset(task, "random", config=FactoryConfig(transitions=transitions, preset="demo"), seed=seed)
+        elif transitions is not None:
+            from hybridrl.control.datasets import load
+
+            held = len(load(dataset_id))
+            if held != transitions:
+                # remaking it would change the data under runs already trained on it
+                raise ValueError(f"--transitions {transitions}: {dataset_id} already holds {held} transitions; "
+                                 f"remake it with `hybridrl data make {task} random --transitions {transitions} "
+                                 "--overwrite`, or drop --transitions")
         rows = []
         for algo, _ in runs:
             steps = kwargs[f"{algo}_steps"]
@@ -88,7 +108,7 @@ def bench(
     envs: Annotated[str | None, typer.Option(help="Comma-separated envs / tasks (filter or custom; an online "
                                                   "method given datasets too trains hybrid).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (filter; custom default 0).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Override every run's budget.")] = None,
+    steps: Annotated[str | None, typer.Option(help=STEPS_HELP, metavar="N|KIND=N,...")] = None,
     param: Annotated[list[str] | None,
                      typer.Option("--set", help="Hyperparameter or run setting of every run: KEY=VALUE.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Custom grids: steps between evaluations.")] = None,
@@ -97,7 +117,7 @@ def bench(
     workers: Annotated[int | None, typer.Option(help="Runs in parallel (default: one per core, at most 8).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads per run (default: cores / workers).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    ray: Annotated[bool, typer.Option("--ray", help="Run on a local Ray instance (pip install 'hybridrl[ray]').")]
+    ray: Annotated[bool, typer.Option("--ray", help="Run on a local Ray instance (pip install 'hybridrl\\[ray]').")]
     = False,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (e.g. auto or ray://host:10001).")]
     = None,
@@ -106,27 +126,45 @@ def bench(
 ) -> None:
     """Run a benchmark suite as a resumable grid (finished runs are kept), then report it."""
     from hybridrl.bench import suites
+    from hybridrl.bench.checks import check_grid, drop_orphan_matrices, with_budget
     from hybridrl.bench.runner import run_grid
     from hybridrl.bench.settings import with_settings
+    from hybridrl.core.session import prepare_run_dir
 
     method_list, dataset_list, env_list, seed_list = _csv(methods), _csv(datasets), _csv(envs), _csv(seeds, int)
+    for name, value in (("--eval-every", eval_every), ("--eval-episodes", eval_episodes), ("--workers", workers),
+                        ("--threads", threads)):
+        if value is not None and value < (0 if name == "--eval-every" else 1):
+            raise ValueError(f"{name} must be at least {0 if name == '--eval-every' else 1}, got {value}")
     if suite == "custom":
-        specs = suites.custom(method_list or [], dataset_list or [], seed_list or [0], steps or 1_000_000,
+        specs = suites.custom(method_list or [], dataset_list or [], seed_list or [0], 1_000_000,
                               eval_every=eval_every or 0, eval_episodes=eval_episodes or 10, envs=env_list)
     else:
         specs = suites.select(suites.suite(suite), methods=method_list, datasets=dataset_list, envs=env_list,
-                              seeds=seed_list, steps=steps)
+                              seeds=seed_list)
+    specs, notes = drop_orphan_matrices(specs)
+    if not specs:
+        raise ValueError("no run of the suite is left once its win-rate matrices lack their players: "
+                         "select the players too (see `hybridrl bench SUITE --list`)")
+    if steps is not None:
+        specs = with_budget(specs, steps)
     if param:
         specs = with_settings(specs, param)
+    for note in notes:
+        typer.echo(note)
     if list_runs:
         for spec in specs:
             typer.echo(f"{spec.run_id}  steps={spec.steps}" + (f"  {spec.overrides}" if spec.overrides else ""))
         return
-    out = out or Path("runs") / "bench" / suite
+    check_grid(specs, device)  # a grid that cannot run is refused before any run starts
+    out = prepare_run_dir(out or Path("runs") / "bench" / suite)
     result = run_grid(specs, out, workers=workers, threads=threads, device=device, ray=ray, ray_address=ray_address,
                       echo=typer.echo)
     if report:
         _print_report(out)
+    if result.busy:
+        typer.echo(f"{len(result.busy)} run(s) are running in another process; rerun the same command "
+                   "later to collect them")
     if result.failed:
         typer.echo(f"error: {len(result.failed)} run(s) failed (see error.txt in their directories); "
                    "rerun the same command to retry them", err=True)

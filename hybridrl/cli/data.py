@@ -37,10 +37,10 @@ def data_make(
     transitions: Annotated[int | None, typer.Option(help="Transitions per rolled-out dataset (D4RL: 1M).")] = None,
     sac_steps: Annotated[int | None, typer.Option(help="SAC environment steps for the expert policy.")] = None,
     sac_hidden: Annotated[str | None, typer.Option(help="Behaviour SAC's hidden widths, e.g. 256,256.")] = None,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seeds the behaviour policy's training and the rollouts.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (SAC training).")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset.")] = False,
-    progress: bool = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads for SAC (default: one per core).")] = None,
     out_id: Annotated[str | None, typer.Option("--id", help="Dataset id (default hybridrl/TASK/QUALITY-v0).")] = None,
 ) -> None:
@@ -91,7 +91,10 @@ def data_mix(
 
 @app.command("info")
 @user_errors
-def data_info(dataset_id: str, download: bool = False) -> None:
+def data_info(
+    dataset_id: Annotated[str, typer.Argument(help="Minari dataset id, e.g. hybridrl/hopper/random-v0.")],
+    download: Annotated[bool, typer.Option(help="Download it from Minari's server if it is missing.")] = False,
+) -> None:
     """Episodes, transitions, return statistics and reference scores of a dataset."""
     import numpy as np
 

@@ -55,12 +55,14 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/pref-METHOD).")] = None,
     split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: automatic).")] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per device per micro-batch.")] = 8,
-    gradient_accumulation_steps: Annotated[int, typer.Option("--grad-accum")] = 1,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-6,
-    warmup_steps: Annotated[int, typer.Option()] = 0,
+    gradient_accumulation_steps: Annotated[
+        int, typer.Option("--grad-accum", help="Micro-batches accumulated per optimizer step.")
+    ] = 1,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Optimizer learning rate.")] = 1e-6,
+    warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warm-up.")] = 0,
     beta: Annotated[float | None, typer.Option(help="KL strength (default 0.1).")] = None,
     loss_type: Annotated[str | None, typer.Option(help="sigmoid, ipo, hinge, robust.")] = None,
     divergence: Annotated[
@@ -84,8 +86,8 @@ def train(
         int | None, typer.Option(help="Pairs per model call, grouped by length (CPU: 2 is fastest here).")
     ] = None,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
-    log_every: Annotated[int, typer.Option()] = 10,
-    save_every: Annotated[int, typer.Option()] = 500,
+    log_every: Annotated[int, typer.Option(help="Optimizer steps between metric lines.")] = 10,
+    save_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = 500,
     resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoint.pt when present.")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -168,7 +170,7 @@ def train(
 @app.command("make-task")
 def make_task_command(
     out: Annotated[Path, typer.Argument(help="Directory for sft_model/, pairs.jsonl, test_prompts.jsonl.")],
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
     sft_steps: Annotated[int, typer.Option(help="SFT warm-up steps.")] = 800,
     test_prompts: Annotated[int, typer.Option(help="Held-out prompts.")] = 400,
 ) -> None:
@@ -191,8 +193,8 @@ def make_task_command(
 def eval_task_command(
     model: Annotated[str, typer.Option(help="Trained model directory.")],
     task: Annotated[Path, typer.Option(help="Task directory from make-task.")],
-    seed: Annotated[int, typer.Option()] = 0,
-    samples_per_prompt: Annotated[int, typer.Option()] = 4,
+    seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
+    samples_per_prompt: Annotated[int, typer.Option(help="Answers sampled per prompt and model.")] = 4,
 ) -> None:
     """Win rate of MODEL against the task's SFT model on held-out prompts, and diversity."""
 
@@ -223,10 +225,10 @@ def games_command(
     ] = None,
     n: Annotated[int, typer.Option(help="Responses per game (the game is n x n).")] = 10,
     beta: Annotated[float, typer.Option(help="KL regularization toward the reference.")] = 0.1,
-    iterations: int = 3000,
+    iterations: Annotated[int, typer.Option(help="Solver iterations per game.")] = 3000,
     samples: Annotated[int | None, typer.Option(help="Preference queries per estimate (default: exact).")] = None,
     games: Annotated[int, typer.Option(help="Random intransitive games, solved together.")] = 10,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seeds the random games and the sampled estimates.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     out: Annotated[Path, typer.Option(help="PNG of the duality gap per iteration (a .json beside it).")] = Path(
         "runs/nash_games.png"
@@ -286,20 +288,20 @@ def selfplay_command(
     out: Annotated[Path, typer.Option(help="Run directory; rerunning with it resumes.")],
     judge: Annotated[str, typer.Option(help="majority, weighted, bt:PATH or pairwise:PATH.")] = "majority",
     position_bias: Annotated[str, typer.Option(help="none, both (average both orders) or flip.")] = "none",
-    iterations: Annotated[int, typer.Option()] = 3,
+    iterations: Annotated[int, typer.Option(help="Rounds of sampling, judging and updating.")] = 3,
     samples_per_prompt: Annotated[int, typer.Option(help="Answers K per prompt and iteration.")] = 4,
     prompts_per_iteration: Annotated[
         int | None, typer.Option(help="Prompts drawn per iteration (default all).")
     ] = None,
     steps_per_iteration: Annotated[int, typer.Option(help="Optimizer steps per iteration (and phase).")] = 20,
     batch_size: Annotated[int, typer.Option(help="Answer pairs per step.")] = 64,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 5e-7,
-    max_new_tokens: Annotated[int, typer.Option()] = 64,
-    temperature: Annotated[float, typer.Option()] = 1.0,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Optimizer learning rate.")] = 5e-7,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest sampled answer, in tokens.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the answers.")] = 1.0,
     param: Annotated[
         list[str] | None, typer.Option(help="Method hyperparameter KEY=VALUE (e.g. eta=4); repeat.")
     ] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: automatic).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over iterations.")] = True,
 ) -> None:
@@ -366,10 +368,10 @@ def winrate_command(
     ] = None,
     judge: Annotated[str, typer.Option(help="majority, weighted, bt:PATH or pairwise:PATH.")] = "majority",
     position_bias: Annotated[str, typer.Option(help="none, both or flip.")] = "none",
-    samples_per_prompt: Annotated[int, typer.Option()] = 4,
+    samples_per_prompt: Annotated[int, typer.Option(help="Answers sampled per prompt and model.")] = 4,
     num_prompts: Annotated[int | None, typer.Option(help="Use the first N prompts (default all).")] = None,
-    max_new_tokens: Annotated[int, typer.Option()] = 12,
-    seed: Annotated[int, typer.Option()] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest sampled answer, in tokens.")] = 12,
+    seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
 ) -> None:
     """Pairwise win-rate matrix (with bootstrap CIs over prompts) of several models under a judge.
 
@@ -421,8 +423,8 @@ def train_judge_command(
     kind: Annotated[str, typer.Argument(help="bt (Bradley-Terry reward model) or pairwise (general preference).")],
     pairs: Annotated[Path, typer.Option(help="JSONL with prompt/chosen/rejected (e.g. the task's pairs.jsonl).")],
     out: Annotated[Path, typer.Option(help="File for the judge; use it as --judge KIND:OUT.")],
-    epochs: Annotated[int, typer.Option()] = 30,
-    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int, typer.Option(help="Passes over the pairs.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
 ) -> None:
     """Train a small local preference judge from labelled pairs."""
 

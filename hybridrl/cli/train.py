@@ -155,6 +155,7 @@ def _train_command(spec: Any) -> Callable[..., None]:
                      and kwargs[k] != getattr(spec.default_config(), k)}
         overrides.update(parse_assignments(kwargs["param"]))
         check_budget(spec.name, run_config, dataset=kwargs["dataset"], env=kwargs["env"], overrides=overrides)
+        _install_if_bundled(kwargs["dataset"])
         result = run(spec.name, run_config, dataset=kwargs["dataset"], env=kwargs["env"],
                      eval_env=kwargs["eval_env"], out_dir=kwargs["out"], overrides=overrides,
                      download=kwargs["download"])
@@ -168,6 +169,15 @@ def _train_command(spec: Any) -> Callable[..., None]:
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = f"{spec.summary}. Rerunning the same command resumes the run."
     return command
+
+
+def _install_if_bundled(dataset: str | None) -> None:
+    """A dataset that ships with the package (the quick suite's) is copied into the local store on first
+    use, so it trains by its id whether or not a bench ran before."""
+    from hybridrl.bench import bundled
+
+    if dataset in bundled.DATASETS:
+        bundled.install_datasets()
 
 
 def register(app: typer.Typer) -> None:
