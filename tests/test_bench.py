@@ -59,7 +59,7 @@ def test_select_filters_and_rebudgets():
 def test_unknown_suite_method_and_kind_are_clear_errors():
     with pytest.raises(ValueError, match="unknown suite 'd4rl-everything'"):
         suites.suite("d4rl-everything")
-    with pytest.raises(ValueError, match=r"unknown method 'not-a-method': use one of bc, .*sac, .*dpo, .*inpo.*"
+    with pytest.raises(ValueError, match=r"unknown method 'not-a-method': use one of .*bc, .*sac, .*dpo, .*inpo.*"
                                          r"or a bench label \(dpo-majority, fdpo-fkl, fdpo-js, nash\)"):
         suites.custom(["not-a-method"], ["x"], [0], steps=10)
     with pytest.raises(ValueError, match="unknown run kind"):
@@ -231,10 +231,9 @@ def test_killed_grid_reruns_only_the_missing_runs(store, tmp_path):
     env = {**os.environ, "MINARI_DATASETS_PATH": str(store), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "grid"
     proc = subprocess.Popen(bench_command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
+    # no wall-clock deadline (a slow machine is not a failure): fail only when the process ends first
     while not list(out.glob("*/scores.json")):
         assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -417,3 +416,84 @@ def test_bundled_install_tolerates_a_parallel_install(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "copytree", copy_while_another_worker_installs)
     assert bundled.install_datasets() == [dataset_id]
     assert not list((tmp_path / "store" / dataset_id).parent.glob(".staging-*"))
+
+
+def test_a_methods_preset_for_the_dataset_gives_the_runs_defaults_and_its_overrides_win(monkeypatch, tmp_path):
+    import hybridrl.runners
+
+    presets = tmp_path / "methods"
+    (presets / "td3bc").mkdir(parents=True)
+    (presets / "td3bc" / "hopper-random.yaml").write_text(
+        "# test preset\nalpha: 1.5\nbatch_size: 64\nhidden: [32, 32]\nlearning_starts: 3\n")
+    monkeypatch.setattr(suites, "METHOD_PRESETS", presets)
+    seen = {}
+
+    def fake_run(method, run_config, **kwargs):
+        seen.update(method=method, run=run_config, **kwargs)
+        return {"eval": {"std": 0.0, "normalized_std": 0.0}, "normalized_score": 1.0, "return_mean": 2.0}
+
+    monkeypatch.setattr(hybridrl.runners, "run", fake_run)
+    [spec] = suites.custom(["td3bc"], [TINY_DATASET], [0], steps=10)
+    assert suites.method_preset_path("td3bc", TINY_DATASET) == presets / "td3bc" / "hopper-random.yaml"
+    run_config, config = bench_settings.rl_settings(spec)
+    assert (config.alpha, config.batch_size, config.hidden, run_config.learning_starts) == (1.5, 64, (32, 32), 3)
+    [mine] = bench_settings.with_settings([spec], ["alpha=4", "learning_starts=5"])
+    run_config, config = bench_settings.rl_settings(mine)
+    assert (config.alpha, config.batch_size, run_config.learning_starts) == (4.0, 64, 5)
+    # the executor trains with the same values
+    execute.EXECUTORS[mine.kind](mine, tmp_path / "run", "cpu", 1)
+    assert seen["overrides"] == {"alpha": "4", "batch_size": 64, "hidden": [32, 32]}
+    assert seen["run"].learning_starts == 5
+    # another method, another namespace or another quality has no preset
+    assert suites.method_preset("bc", TINY_DATASET) == {}
+    assert suites.method_preset("td3bc", "test/hopper/random-v0") == {}
+    assert suites.method_preset("td3bc", "hybridrl/hopper/random-quick-v0") == {}
+    assert suites.method_preset_path("td3bc", "mujoco/hopper/random-v0") is not None
+    # a preset key that fits neither config names the file
+    (presets / "td3bc" / "hopper-random.yaml").write_text("# test preset\nalphaa: 1\n")
+    suites._method_preset.cache_clear()
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['alphaa'\] for td3bc \(preset .*hopper-random"):
+        bench_settings.rl_settings(spec)
+    suites._method_preset.cache_clear()
+
+
+def test_shipped_method_presets_fit_registered_methods_and_have_one_home():
+    from hybridrl import registry
+
+    files = sorted(suites.METHOD_PRESETS.glob("*/*.yaml"))
+    assert {p.parent.name for p in files} >= {"td3bc", "iql"}
+    for path in files:
+        method = registry.get(path.parent.name, families=bench_settings.RL_FAMILIES).name
+        task, quality = path.stem.split("-", 1)
+        spec = RunSpec("offline", method, f"hybridrl/{task}/{quality}-v0")
+        assert suites.method_preset_path(method, spec.dataset) == path
+        assert suites.method_preset(method, spec.dataset)
+        bench_settings.rl_settings(spec)  # every key a field of the method or the run, every value of its type
+    # the benchmarks folder links to the package's files; it holds no copy
+    checkout = Path(__file__).parents[1] / "benchmarks" / "configs"
+    for method in ("td3bc", "iql"):
+        if (checkout / method).exists():
+            assert (checkout / method).resolve() == (suites.METHOD_PRESETS / method).resolve()
+
+
+def test_the_quick_suites_rl_runs_take_no_method_preset():
+    for spec in suites.suite("quick"):
+        if spec.kind in ("offline", "online", "hybrid"):
+            assert suites.method_preset_path(spec.method, spec.dataset) is None, spec.run_id
+            assert bench_settings.rl_overrides(spec) == spec.overrides
+
+
+def test_the_offline_suite_runs_the_baselines_on_medium_and_medium_replay_with_their_presets():
+    specs = suites.suite("offline")
+    assert {"bc", "td3bc", "iql", "cql"} <= {s.method for s in specs}
+    tasks, qualities = ("hopper", "halfcheetah", "walker2d"), ("medium", "medium-replay")
+    assert {s.dataset for s in specs} == {f"hybridrl/{t}/{q}-v0" for t in tasks for q in qualities}
+    assert {s.seed for s in specs} == {0, 1, 2} and {s.steps for s in specs} == {1_000_000}
+    chosen = suites.select(specs, methods=["bc", "td3bc", "iql"], datasets=["hybridrl/hopper/medium-replay-v0"],
+                           seeds=[0, 1, 2], steps=20_000)
+    assert [(s.method, s.seed, s.steps) for s in chosen] == [(m, seed, 20_000) for m in ("bc", "td3bc", "iql")
+                                                              for seed in (0, 1, 2)]
+    with_preset = {s.method for s in chosen if suites.method_preset_path(s.method, s.dataset) is not None}
+    assert with_preset == {"td3bc", "iql"}
+    for spec in chosen:
+        bench_settings.rl_settings(spec)  # every preset and setting resolves

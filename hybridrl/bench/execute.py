@@ -26,6 +26,7 @@ from hybridrl.bench.settings import (
     field_names,
     games_settings,
     pairwise_settings,
+    rl_overrides,
     rl_settings,
     selfplay_settings,
     throughput_settings,
@@ -54,7 +55,8 @@ def run_rl_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | None) 
     if spec.dataset in bundled.DATASETS:
         bundled.install_datasets()
     run_config, _ = rl_settings(spec, device, threads)  # checks every override before training starts
-    method_overrides = {k: v for k, v in spec.overrides.items() if k not in field_names(RunConfig)}
+    # the method's per-dataset preset, then the run's own overrides (they win)
+    method_overrides = {k: v for k, v in rl_overrides(spec).items() if k not in field_names(RunConfig)}
     result = run(spec.method, run_config, dataset=spec.dataset, env=spec.env, out_dir=run_dir,
                  overrides=method_overrides)
     return _rl_scores(result)

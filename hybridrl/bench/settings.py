@@ -3,7 +3,8 @@
 A run's settings come from its kind's preset file (``presets/KIND.yaml``: ``settings``, then a bench
 label's), then the run's overrides, all through the one override parser (``core.config``), which
 converts text to each field's type and rejects unknown keys. RL runs split their overrides between
-the run config and the method's config.
+the run config and the method's config; an RL method's per-dataset preset
+(``presets/methods/METHOD/TASK-QUALITY.yaml``) comes first, below the run's overrides.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
-from hybridrl.bench.suites import RunSpec, preset
+from hybridrl.bench.suites import RunSpec, method_preset, method_preset_path, preset
 from hybridrl.core.config import RunConfig, from_dict, parse_assignments, with_overrides
 from hybridrl.registry import RL_FAMILIES
 
@@ -112,22 +113,34 @@ def field_names(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
 
 
-def _run_config(spec: RunSpec, device: str, threads: int | None) -> RunConfig:
+def _run_config(spec: RunSpec, overrides: dict[str, Any], device: str, threads: int | None) -> RunConfig:
     """The RL run's config: budget, seed and evaluation from the spec, cadence from the budget, and any
     override of a run setting (learning_starts, buffer_size, offline_fraction, updates_per_step...)."""
     steps = spec.steps
     base = RunConfig(steps=steps, seed=spec.seed, device=device, eval_every=spec.eval_every,
                      eval_episodes=spec.eval_episodes, log_every=max(1, min(1000, steps // 10)),
                      checkpoint_every=max(1, min(10_000, steps // 5)), progress=False, threads=threads)
-    return with_overrides(base, {k: v for k, v in spec.overrides.items() if k in field_names(RunConfig)})
+    return with_overrides(base, {k: v for k, v in overrides.items() if k in field_names(RunConfig)})
 
 
 _SPEC_OWNED = ("steps", "seed", "eval_every", "eval_episodes", "device", "threads")
 """Run settings that the spec or the grid sets (--steps, --seeds, eval settings, --device, --threads)."""
 
 
+def rl_overrides(spec: RunSpec) -> dict[str, Any]:
+    """What an RL run changes from its method's defaults: the method's preset for the run's dataset
+    (``presets/methods/METHOD/TASK-QUALITY.yaml``), then the run's own overrides, which win."""
+    values = method_preset(spec.method, spec.dataset)
+    owned = sorted(set(values) & set(_SPEC_OWNED))
+    if owned:
+        raise ValueError(f"{method_preset_path(spec.method, spec.dataset)} sets {', '.join(owned)}, which come from "
+                         "the suite or the grid options: remove them from the preset")
+    return {**values, **spec.overrides}
+
+
 def rl_settings(spec: RunSpec, device: str = "auto", threads: int | None = None) -> tuple[RunConfig, Any]:
-    """(run config, method config) of an RL run: each override goes to the one that has the field."""
+    """(run config, method config) of an RL run: each override (the method's per-dataset preset, then
+    the run's own) goes to the one that has the field."""
     from hybridrl import registry
 
     owned = sorted(set(spec.overrides) & set(_SPEC_OWNED))
@@ -137,12 +150,15 @@ def rl_settings(spec: RunSpec, device: str = "auto", threads: int | None = None)
     method = registry.get(spec.method, families=RL_FAMILIES)
     config = method.default_config()
     run_fields, method_fields = field_names(RunConfig), field_names(type(config))
-    unknown = sorted(set(spec.overrides) - run_fields - method_fields)
+    overrides = rl_overrides(spec)
+    unknown = sorted(set(overrides) - run_fields - method_fields)
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for {spec.method}: its hyperparameters are "
+        from_preset = set(unknown) - set(spec.overrides)
+        where = f" (preset {method_preset_path(spec.method, spec.dataset)})" if from_preset else ""
+        raise ValueError(f"unknown setting(s) {unknown} for {spec.method}{where}: its hyperparameters are "
                          f"{sorted(method_fields)}; run settings {sorted(run_fields - set(_SPEC_OWNED))}")
-    return (_run_config(spec, device, threads),
-            with_overrides(config, {k: v for k, v in spec.overrides.items() if k in method_fields}))
+    return (_run_config(spec, overrides, device, threads),
+            with_overrides(config, {k: v for k, v in overrides.items() if k in method_fields}))
 
 
 def pairwise_settings(spec: RunSpec) -> tuple[str, dict[str, Any], PairwiseRun]:

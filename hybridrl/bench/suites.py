@@ -15,6 +15,10 @@ numbers come from):
 - ``presets/KIND.yaml``: the run settings of a kind (``settings``) and its bench labels (``labels``:
   a name such as ``fdpo-js`` that stands for a registered method with some settings); read by
   ``execute``.
+- ``presets/methods/METHOD/TASK-QUALITY.yaml``: per-dataset hyperparameters of an RL method (CORL's
+  habit), the defaults of every run of METHOD on ``hybridrl/TASK/QUALITY-vN`` or
+  ``mujoco/TASK/QUALITY-vN``; a run's own overrides win (see ``method_preset``). This is their one
+  home; ``benchmarks/configs/METHOD`` links here.
 
 A method's kind is its registry family, unless it is a bench label (then it is the kind whose preset
 file defines it).
@@ -68,6 +72,40 @@ def _preset(name: str) -> dict[str, Any]:
 def preset(name: str) -> dict[str, Any]:
     """The preset file ``presets/NAME.yaml`` (a copy: callers may change it)."""
     return copy.deepcopy(_preset(name))
+
+
+METHOD_PRESETS = PRESETS / "methods"
+"""Per-dataset presets of RL methods: ``METHOD/TASK-QUALITY.yaml``."""
+_PRESET_DATASET = re.compile(r"(?:hybridrl|mujoco)/([A-Za-z0-9_]+)/([A-Za-z0-9_-]+)-v\d+")
+
+
+def method_preset_path(method: str, dataset: str | None) -> Path | None:
+    """``presets/methods/METHOD/TASK-QUALITY.yaml`` for a run of ``method`` on ``NAMESPACE/TASK/QUALITY-vN``
+    (namespace hybridrl or mujoco), when that file exists; else None."""
+    match = _PRESET_DATASET.fullmatch(dataset or "")
+    if match is None:
+        return None
+    path = METHOD_PRESETS / method / f"{match[1]}-{match[2]}.yaml"
+    return path if path.is_file() else None
+
+
+@functools.cache
+def _method_preset(path: Path) -> dict[str, Any]:
+    values = _read_yaml(path)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} holds no mapping of hyperparameters: write KEY: VALUE lines")
+    return values
+
+
+def method_preset(method: str, dataset: str | None) -> dict[str, Any]:
+    """The hyperparameters of ``method``'s preset for ``dataset`` (a copy; empty when it has none).
+
+    The file for ``hybridrl/hopper/medium-replay-v0`` is ``presets/methods/METHOD/hopper-medium-replay.yaml``;
+    a dataset of another namespace, or a quality with no file (``medium-quick``), gets none."""
+    path = method_preset_path(method, dataset)
+    return {} if path is None else copy.deepcopy(_method_preset(path))
 
 
 def labels() -> dict[str, str]:
