@@ -497,3 +497,30 @@ def test_the_offline_suite_runs_the_baselines_on_medium_and_medium_replay_with_t
     assert with_preset == {"td3bc", "iql"}
     for spec in chosen:
         bench_settings.rl_settings(spec)  # every preset and setting resolves
+
+
+def test_throughput_of_td3bc_and_iql_gives_d3rlpy_the_same_settings():
+    pytest.importorskip("d3rlpy")
+    from hybridrl import registry
+    from hybridrl.bench.throughput import _d3rlpy_config, measure
+
+    td3bc = registry.get("td3bc").config()
+    ref = _d3rlpy_config("td3bc", td3bc)
+    assert ref.actor_encoder_factory.hidden_units == ref.critic_encoder_factory.hidden_units == list(td3bc.hidden)
+    assert (ref.batch_size, ref.n_critics, ref.alpha, ref.update_actor_interval, ref.target_smoothing_sigma,
+            ref.target_smoothing_clip, ref.tau, ref.gamma) == (
+        td3bc.batch_size, td3bc.num_critics, td3bc.alpha, td3bc.policy_delay, td3bc.policy_noise, td3bc.noise_clip,
+        td3bc.tau, td3bc.gamma)
+    assert ref.observation_scaler is not None  # normalized states, as ours
+    iql = registry.get("iql").config()
+    ref = _d3rlpy_config("iql", iql)
+    assert ref.value_encoder_factory.hidden_units == list(iql.hidden)
+    assert (ref.batch_size, ref.n_critics, ref.expectile, ref.weight_temp, ref.max_weight) == (
+        iql.batch_size, iql.num_critics, iql.expectile, iql.temperature, iql.max_weight)
+    assert ref.reward_scaler.multiplier == 1000.0 and ref.observation_scaler is not None
+    assert ref.actor_optim_factory.lr_scheduler_factory is not None  # the cosine decay of the actor's rate
+    for method in ("td3bc", "iql"):
+        row = measure(method, device="cpu", threads=1, seconds=0.2, rounds=1, warmup=1, rows=2000)
+        assert row["updates_per_s"] > 0 and row["reference"]["updates_per_s"] > 0
+        # equal networks and batch: the FLOPs of an update agree up to what each recomputes
+        assert 0.7 < row["flops_per_update"] / row["reference"]["flops_per_update"] < 1.3, method

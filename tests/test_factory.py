@@ -90,10 +90,9 @@ def test_interrupted_make_resumes_to_the_same_dataset(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], env=killed, stderr=subprocess.PIPE)
     policies = policy_dir("hopper", 0, FactoryConfig(**TINY)).name
     checkpoint = tmp_path / "killed" / "home" / "policies" / policies / "sac" / "checkpoint.pt"
-    deadline = time.time() + 120
+    # no wall-clock deadline (a slow machine is not a failure): fail only when the process ends first
     while not checkpoint.exists():
         assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

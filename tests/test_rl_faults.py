@@ -99,11 +99,10 @@ def cli(*args):
     return [sys.executable, "-m", "hybridrl.cli", *map(str, args)]
 
 
-def wait_for(path, proc, seconds=300):
-    deadline = time.monotonic() + seconds
+def wait_for(path, proc):
+    # no wall-clock deadline (a slow machine is not a failure): fail only when the process ends first
     while not path.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, f"{path} never appeared"
+        assert proc.poll() is None, f"{path} never appeared: " + proc.stderr.read().decode()
         time.sleep(0.005)
 
 

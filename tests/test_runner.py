@@ -41,10 +41,9 @@ def test_sigkill_then_same_command_resumes_to_identical_parameters(store, tmp_pa
     killed = tmp_path / "killed"
     proc = subprocess.Popen(train_command(killed, steps), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    # no wall-clock deadline (a slow machine is not a failure): fail only when the process ends first
     while not (killed / "checkpoint.pt").exists():
         assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -60,9 +60,15 @@ def _demo_command() -> Callable[..., None]:
             typer.echo(f"making {dataset_id} ({transitions} transitions of real {task} rollouts)")
             make_dataset(task, "random", config=FactoryConfig(transitions=transitions, preset="demo"), seed=seed)
         elif transitions is not None:
+            import json
+
             from hybridrl.control.datasets import load
 
-            held = len(load(dataset_id))
+            data = load(dataset_id)
+            recipe = data.metadata.get("hybridrl_factory") or {}
+            recipe = json.loads(recipe) if isinstance(recipe, str) else recipe
+            # the factory rolls out to the end of the last episode: compare what was asked of it
+            held = int(recipe.get("transitions", len(data))) if isinstance(recipe, dict) else len(data)
             if held != transitions:
                 # remaking it would change the data under runs already trained on it
                 raise ValueError(f"--transitions {transitions}: {dataset_id} already holds {held} transitions; "

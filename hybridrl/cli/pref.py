@@ -137,11 +137,10 @@ def train(
             progress=progress,
         )
 
+        from hybridrl.core.session import prepare_run_dir
         from hybridrl.preference.data import load_preference_dataset, tokenize_pairs
         from hybridrl.preference.models import load_causal_lm, load_tokenizer
         from hybridrl.preference.trainer import PairwiseTrainer
-
-        from hybridrl.core.session import prepare_run_dir
 
         run_dir = prepare_run_dir(out or Path("runs") / f"pref-{method}")  # before the long loads
         rows = load_preference_dataset(dataset, split=split)

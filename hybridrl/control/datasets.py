@@ -133,6 +133,10 @@ def _check_episode(index: int, episode: Mapping[str, Any], low: np.ndarray | Non
         raise DatasetError(f"{where} has dictionary observations: flatten them to one array "
                            "(e.g. gymnasium.wrappers.FlattenObservation) before offline training")
     arrays = {name: np.asarray(episode[name]) for name in REQUIRED_FIELDS}
+    for name, value in arrays.items():
+        if value.ndim == 0 or value.dtype.kind not in "biuf":
+            shown = f"a single value ({value.dtype})" if value.ndim == 0 else f"values of type {value.dtype}"
+            raise DatasetError(f"{where}: {name} holds {shown}; it needs one row of numbers per step")
     obs, actions = arrays["observations"], arrays["actions"]
     steps = len(arrays["rewards"])
     if steps == 0:

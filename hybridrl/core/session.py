@@ -211,7 +211,13 @@ class Session:
         if path.exists():
             existing = _read_json(path, CONFIG, "delete that file and rerun the same command to write it again "
                                               "(the checkpoint is kept and checked against the command)")
-            if existing != self.record:
+            saved = (self.out_dir / CHECKPOINT).exists() or (self.out_dir / RESULTS).exists()
+            if existing != self.record and not saved and self.main:
+                # the other run stopped before its first checkpoint (it diverged at once, or was refused):
+                # nothing of it can resume, so the corrected command takes the directory over
+                (self.out_dir / METRICS).unlink(missing_ok=True)
+                atomic_write_json(path, self.record)
+            elif existing != self.record:
                 differing = _differing(existing, self.record)
                 raise RunDirectoryError(
                     f"run directory {self.out_dir} holds another run (it differs in "

@@ -45,6 +45,7 @@ import torch
 from torch.nn import functional as F
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import clipped_double_q_target, cvae_loss, target_policy_smoothing, td3_critic_loss
 from hybridrl.core.nets import ConditionalVAE, DeterministicActor, EnsembleCritic, ObsNormalizer, ValueNet, soft_update_
@@ -102,6 +103,7 @@ class A2PRConfig:
     """Normalize observations with the dataset's mean and std (reference: on)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.policy_delay < 1:
             raise ValueError("policy_delay must be >= 1")
         if self.num_critics < 1:
