@@ -1,12 +1,14 @@
 """Gradient updates per second and achieved FLOP/s of every RL method, next to d3rlpy's.
 
-For a method of the registry, both libraries get the same network sizes, batch size and sampled
-actions (Hopper's shapes: 11-d observations, 3-d actions). FLOPs per update are counted with
-``torch.utils.flop_counter``; achieved FLOP/s is reported as a fraction of the machine's measured
-rate for an 8192x256x256 fp32 matmul on the same threads. Timing runs in rounds that interleave the
-implementations and the matmul reference (a change in the machine's load touches all alike), and
-medians are reported. d3rlpy's batches are drawn before the clock starts (its sampler is Python-side);
-ours come from the device buffer inside the timed loop.
+For a method of the registry, both libraries get the same network sizes, batch size and settings
+(sampled actions, policy delay, target noise, expectile, state normalization, reward scaling; Hopper's
+shapes: 11-d observations, 3-d actions), each its own default optimizer (ours fused Adam, d3rlpy's
+PyTorch's default Adam). FLOPs per update are counted with ``torch.utils.flop_counter``, averaged over
+as many updates as make one actor step (TD3+BC's policy delay); achieved FLOP/s is reported as a
+fraction of the machine's measured rate for an 8192x256x256 fp32 matmul on the same threads. Timing
+runs in rounds that interleave the implementations and the matmul reference (a change in the
+machine's load touches all alike), and medians are reported. d3rlpy's batches are drawn before the
+clock starts (its sampler is Python-side); ours come from the device buffer inside the timed loop.
 
 DPO's tokens per second next to TRL's ``DPOTrainer`` is measured by ``pref_throughput``.
 """
@@ -72,23 +74,46 @@ def time_block(update: Callable[[], Any], device: torch.device, seconds: float) 
     return n / (time.perf_counter() - start)
 
 
-def count_flops(update: Callable[[], Any]) -> int:
+def count_flops(update: Callable[[], Any], updates: int = 1) -> float:
+    """FLOPs of one update, averaged over ``updates`` consecutive ones (a method whose actor steps
+    every k-th update costs the mean over k)."""
     counter = FlopCounterMode(display=False)
     with counter:
-        update()
-    return counter.get_total_flops()
+        for _ in range(updates):
+            update()
+    return counter.get_total_flops() / updates
+
+
+def updates_per_cycle(config: Any) -> int:
+    """Consecutive updates that hold each kind of step once (the policy delay; 1 for most methods)."""
+    return max(1, int(getattr(config, "policy_delay", 1)))
+
+
+def dataset_view(data: dict[str, np.ndarray], device: torch.device):
+    """The build context's view of ``data``: its statistics (state normalization) and its episodes'
+    returns (reward scaling), episodes ending at terminals."""
+    from hybridrl.core.context import OfflineView
+
+    starts = np.concatenate([[0], np.flatnonzero(data["terminals"][:-1]) + 1])
+    returns = np.add.reduceat(data["rewards"].astype(np.float64), starts)
+    return OfflineView.from_arrays(data, returns, device)
 
 
 def hybridrl_update(method: str, data: dict[str, np.ndarray], device: torch.device,
                     config: Any = None) -> tuple[Callable[[], Any], Any]:
-    """One update of the registered method (its default config unless given), and that config."""
+    """One update of the registered method (its default config unless given), and that config.
+
+    The method is built from ``data`` as a run builds it (its statistics; a budget of 1M updates)."""
     from hybridrl import registry
     from hybridrl.core.buffers import TransitionBuffer
     from hybridrl.core.context import BuildContext
 
     spec = registry.get(method)
     config = config or spec.config()
-    algo = spec.build(config, BuildContext.of_sizes(OBS_DIM, ACT_DIM, device=torch.device(device)))
+    device = torch.device(device)
+    ctx = BuildContext.of_sizes(OBS_DIM, ACT_DIM, device=device, total_steps=1_000_000,
+                                offline=dataset_view(data, device))
+    algo = spec.build(config, ctx)
     buffer = TransitionBuffer(OBS_DIM, ACT_DIM, device=device, offline=data)
     return (lambda: algo.update(buffer.sample(config.batch_size))), config
 
@@ -109,6 +134,30 @@ def _d3rlpy_config(method: str, config: Any):
     import d3rlpy
 
     encoder = d3rlpy.models.VectorEncoderFactory(list(config.hidden))
+    scaling = {"observation_scaler": d3rlpy.preprocessing.StandardObservationScaler()
+               if getattr(config, "normalize_states", False) else None}
+    if method == "td3bc":
+        return d3rlpy.algos.TD3PlusBCConfig(
+            actor_encoder_factory=encoder, critic_encoder_factory=encoder, batch_size=config.batch_size,
+            actor_learning_rate=config.actor_lr, critic_learning_rate=config.critic_lr, gamma=config.gamma,
+            tau=config.tau, n_critics=config.num_critics, target_smoothing_sigma=config.policy_noise,
+            target_smoothing_clip=config.noise_clip, alpha=config.alpha, update_actor_interval=config.policy_delay,
+            **scaling)
+    if method == "iql":
+        if config.deterministic_actor:
+            return None  # d3rlpy's IQL has only the Gaussian actor
+        # d3rlpy steps Q and V with one optimizer at the critic's rate; ours are equal by default
+        schedule = (d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=1_000_000) if config.cosine_schedule
+                    else None)
+        return d3rlpy.algos.IQLConfig(
+            actor_encoder_factory=encoder, critic_encoder_factory=encoder, value_encoder_factory=encoder,
+            batch_size=config.batch_size, actor_learning_rate=config.actor_lr, critic_learning_rate=config.critic_lr,
+            actor_optim_factory=d3rlpy.optimizers.AdamFactory(lr_scheduler_factory=schedule),
+            gamma=config.gamma, tau=config.tau, n_critics=config.num_critics, expectile=config.expectile,
+            weight_temp=config.temperature, max_weight=config.max_weight,
+            # our reward scale 1000 / (max - min episode return) is d3rlpy's return-based scaler
+            reward_scaler=d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0)
+            if config.normalize_reward else None, **scaling)
     if method == "cql":
         # a fixed conservative weight, like our default (no Lagrange tuning)
         return d3rlpy.algos.CQLConfig(actor_encoder_factory=encoder, critic_encoder_factory=encoder,
@@ -132,8 +181,11 @@ def d3rlpy_update(method: str, config: Any, data: dict[str, np.ndarray],
     d3_config = _d3rlpy_config(method, config)
     if d3_config is None:
         return None
+    from d3rlpy.algos.utility import build_scalers_with_transition_picker
+
     dataset = _d3rlpy_dataset(data)
     algo = d3_config.create(device=f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu:0")
+    build_scalers_with_transition_picker(algo, dataset)  # fit its state and reward scalers, as fit() does
     algo.build_with_dataset(dataset)
     batches = [dataset.sample_transition_batch(config.batch_size) for _ in range(64)]
     counter = iter(range(10**12))
@@ -141,8 +193,9 @@ def d3rlpy_update(method: str, config: Any, data: dict[str, np.ndarray],
 
 
 def measure(method: str, *, device: str = "auto", threads: int | None = None, seconds: float = 20.0,
-            rounds: int = 5, warmup: int = 5) -> dict[str, Any]:
-    """Throughput of ``method`` (and its d3rlpy or TRL reference) as ``scores.json`` fields."""
+            rounds: int = 5, warmup: int = 5, rows: int = 100_000) -> dict[str, Any]:
+    """Throughput of ``method`` (and its d3rlpy or TRL reference) as ``scores.json`` fields, on a
+    random dataset of ``rows`` transitions."""
     from hybridrl.core.runtime import keep_freed_memory
     from hybridrl.core.seeding import resolve_device
 
@@ -153,13 +206,14 @@ def measure(method: str, *, device: str = "auto", threads: int | None = None, se
     keep_freed_memory()  # as the training loops do
     torch.manual_seed(0)
     dev = resolve_device(device)
-    data = random_dataset(100_000)
+    data = random_dataset(rows)
     ours, config = hybridrl_update(method, data, dev)
     updates = {"hybridrl": ours}
     reference = d3rlpy_update(method, config, data, dev)
     if reference is not None:
         updates["d3rlpy"] = reference
-    rows = {name: {"flops_per_update": count_flops(update)} for name, update in updates.items()}
+    cycle = updates_per_cycle(config)
+    rows = {name: {"flops_per_update": count_flops(update, cycle)} for name, update in updates.items()}
     for update in updates.values():
         for _ in range(warmup):
             update()
