@@ -63,7 +63,7 @@ def train(
     ] = 1,
     learning_rate: Annotated[float, typer.Option("--lr", help="Optimizer learning rate.")] = 1e-6,
     warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warm-up.")] = 0,
-    beta: Annotated[float | None, typer.Option(help="KL strength (default 0.1).")] = None,
+    beta: Annotated[float | None, typer.Option(help="KL strength (default 0.1; fdpo 1.0).")] = None,
     loss_type: Annotated[str | None, typer.Option(help="sigmoid, ipo, hinge, robust.")] = None,
     divergence: Annotated[
         str | None,
