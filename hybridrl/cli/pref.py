@@ -292,7 +292,9 @@ def selfplay_command(
     prompts_per_iteration: Annotated[
         int | None, typer.Option(help="Prompts drawn per iteration (default all).")
     ] = None,
-    steps_per_iteration: Annotated[int, typer.Option(help="Optimizer steps per iteration (and phase).")] = 20,
+    steps_per_iteration: Annotated[
+        int, typer.Option(help="Optimizer steps per iteration and phase (online_ipo, nash_md: one).")
+    ] = 20,
     batch_size: Annotated[int, typer.Option(help="Answer pairs per step.")] = 64,
     learning_rate: Annotated[float, typer.Option("--lr", help="Optimizer learning rate.")] = 5e-7,
     max_new_tokens: Annotated[int, typer.Option(help="Longest sampled answer, in tokens.")] = 64,

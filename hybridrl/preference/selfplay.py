@@ -14,7 +14,9 @@ EGPO, Nash-MD, online IPO). Iteration ``t``:
    policy itself before the update) are computed once, without gradient, and cached for the iteration:
    no copy of the previous iterate is kept;
 5. **targets**: the method turns the judgments into pairs of answers and per-pair targets;
-6. **update**: ``steps_per_iteration`` AdamW steps on the method's loss (``losses.LOSSES``);
+6. **update**: ``steps_per_iteration`` AdamW steps on the method's loss (``losses.LOSSES``), or, for a
+   method whose loss has no anchor to :math:`\pi_t` (online IPO, Nash-MD), one step on all the fresh
+   pairs, as their reference trainers (``SelfPlaySpec.one_step``);
    extragradient methods (EGPO, Nash-MP) first take the steps on targets against :math:`\pi_t`, reaching
    :math:`\pi_{t+1/2}`, sample opponents from it and judge the policy's answers against them (persisted too),
    then **restore the parameters and the AdamW state** of :math:`\pi_t` and take the steps again on
@@ -85,7 +87,8 @@ class SelfPlayConfig:
     prompts_per_iteration: int | None = None
     """Prompts drawn (seeded) per iteration; None uses every prompt every iteration."""
     steps_per_iteration: int = 20
-    """Optimizer steps per iteration (per phase for extragradient methods)."""
+    """Optimizer steps per iteration (per phase for extragradient methods); online IPO and Nash-MD take
+    one step per iteration on all its pairs, as their reference trainers."""
     batch_size: int = 64
     """Answer pairs per optimizer step."""
     learning_rate: float = 5e-7
@@ -344,8 +347,10 @@ class SelfPlayTrainer:
     def update(
         self, sequences: TokenizedPairs, ref: Tensor, prev: Tensor, targets: PairTargets, *, iteration: int, phase: int
     ) -> list[Tensor]:
-        """``steps_per_iteration`` AdamW steps on the method's loss over minibatches of ``targets``.
+        """AdamW steps on the method's loss over minibatches of ``targets``.
 
+        ``steps_per_iteration`` steps of ``batch_size`` pairs; a ``one_step`` method instead takes a
+        single step whose gradient is the mean over every pair, accumulated minibatch by minibatch.
         Returns each step's loss, left on the device (checked for NaN/inf by the caller, in one sync).
         """
         pairs = TokenizedPairs(
@@ -355,40 +360,56 @@ class SelfPlayTrainer:
             [sequences.chosen_prompt_lengths[int(i)] for i in targets.second],
         )
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + iteration * 10 + phase)
-        order = torch.cat(
-            [
-                torch.randperm(len(pairs), generator=generator)
-                for _ in range(-(-self.config.steps_per_iteration * self.config.batch_size // len(pairs)))
-            ]
-        )
+        size = self.config.batch_size
+        if self.spec.one_step:
+            order = torch.randperm(len(pairs), generator=generator)
+            steps = [[order[start : start + size] for start in range(0, len(pairs), size)]]
+        else:
+            order = torch.cat(
+                [
+                    torch.randperm(len(pairs), generator=generator)
+                    for _ in range(-(-self.config.steps_per_iteration * size // len(pairs)))
+                ]
+            )
+            steps = [[order[step * size : (step + 1) * size]] for step in range(self.config.steps_per_iteration)]
         self.model.train()
         losses = []
         pack = packing_mask_kind(self.model) is not None  # both samples of a pair answer the same prompt
-        for step in range(self.config.steps_per_iteration):
-            rows = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
-            batch = collate(pairs, rows.tolist(), pad_token_id=self.pad_token_id, pack=pack).to(self.device)
-            logps, lengths = pair_logps(self.model, batch)
-            half = rows.numel()
-            first, second = targets.first[rows], targets.second[rows]
-            extras = {"prev_chosen": prev[first], "prev_rejected": prev[second]}
-            extras.update({key: value[rows].float() for key, value in targets.extras.items()})
-            pair = PairLogps(
-                policy_chosen=logps[:half],
-                policy_rejected=logps[half:],
-                ref_chosen=ref[first].to(self.device),
-                ref_rejected=ref[second].to(self.device),
-                chosen_lengths=lengths[:half],
-                rejected_lengths=lengths[half:],
-                extras={key: value.to(self.device) for key, value in extras.items()},
-            )
-            loss = self.loss_fn(pair, self.method_config).mean()
+        for chunks in steps:
+            total = sum(rows.numel() for rows in chunks)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = torch.zeros((), device=self.device)
+            for rows in chunks:
+                # a sum over the chunk divided by the step's pairs: the accumulated gradient is the mean's
+                loss = self._pair_loss(pairs, rows, ref, prev, targets, pack).sum() / total
+                loss.backward()
+                step_loss += loss.detach()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
             self.optimizer.step()
-            losses.append(loss.detach())
+            losses.append(step_loss)
         self.optimizer.zero_grad(set_to_none=True)
         return losses
+
+    def _pair_loss(
+        self, pairs: TokenizedPairs, rows: Tensor, ref: Tensor, prev: Tensor, targets: PairTargets, pack: bool
+    ) -> Tensor:
+        """``[len(rows)]`` losses of the method on pairs ``rows`` of ``targets``, with gradient."""
+        batch = collate(pairs, rows.tolist(), pad_token_id=self.pad_token_id, pack=pack).to(self.device)
+        logps, lengths = pair_logps(self.model, batch)
+        half = rows.numel()
+        first, second = targets.first[rows], targets.second[rows]
+        extras = {"prev_chosen": prev[first], "prev_rejected": prev[second]}
+        extras.update({key: value[rows].float() for key, value in targets.extras.items()})
+        pair = PairLogps(
+            policy_chosen=logps[:half],
+            policy_rejected=logps[half:],
+            ref_chosen=ref[first].to(self.device),
+            ref_rejected=ref[second].to(self.device),
+            chosen_lengths=lengths[:half],
+            rejected_lengths=lengths[half:],
+            extras={key: value.to(self.device) for key, value in extras.items()},
+        )
+        return self.loss_fn(pair, self.method_config)
 
     def run_iteration(self, iteration: int) -> dict[str, float]:
         """One iteration (module docstring); returns its metrics line.

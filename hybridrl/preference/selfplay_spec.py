@@ -56,6 +56,11 @@ class SelfPlaySpec:
     mixture_opponents: bool = False
     """Opponents sampled from the per-token geometric mixture of policy and reference (Nash-MD);
     the method config then has ``mixture_coef``."""
+    one_step: bool = False
+    """One optimizer step per phase on the phase's fresh samples, as the reference trainers take: for a
+    loss with no anchor to the previous policy, fitting one batch hard is best-response play. The step
+    averages the gradient over every pair of the iteration (accumulated over ``batch_size`` minibatches),
+    so the run's learning rate alone sets its size; ``steps_per_iteration`` does not apply."""
 
 
 SELFPLAY_METHODS: dict[str, SelfPlaySpec] = {}

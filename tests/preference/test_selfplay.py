@@ -88,6 +88,26 @@ def test_two_iterations_end_to_end(method, tiny_lm, text_rows, tmp_path, one_tor
     assert (tmp_path / method / "iterations" / "iter-0001-samples.pt").exists()
 
 
+@pytest.mark.parametrize("method", ["online_ipo", "nash_md"])
+def test_unanchored_methods_take_one_step_of_the_learning_rate(method, tiny_lm, text_rows, tmp_path, one_torch_thread):
+    """Online IPO and Nash-MD take one optimizer step per iteration on all its pairs, as their reference
+    trainers: neither steps_per_iteration nor batch_size changes the update, and AdamW's first step moves
+    no parameter further than the learning rate."""
+    finals = []
+    for steps, batch in ((3, 8), (5, 3)):
+        trainer = make_trainer(tiny_lm, text_rows, tmp_path / f"run-{steps}", method, CountingJudge(), iterations=1,
+                               steps_per_iteration=steps, batch_size=batch)
+        calls = []
+        trainer.optimizer.register_step_post_hook(lambda *args, calls=calls: calls.append(1))
+        before = params(trainer.model).clone()
+        trainer.run()
+        assert len(calls) == 1
+        moved = (params(trainer.model) - before).abs().max().item()
+        assert 0 < moved <= trainer.config.learning_rate * (1 + 1e-4)
+        finals.append(params(trainer.model))
+    assert torch.allclose(finals[0], finals[1], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["egpo", "inpo"])
 def test_killed_run_resumes_without_rejudging_and_matches(method, tiny_lm, text_rows, tmp_path, one_torch_thread):
     straight_judge = CountingJudge()

@@ -5,10 +5,15 @@ mixed per token on the logits while sampling (``selfplay.sample_completions``, a
 ``GeometricMixtureWrapper``); ``losses.nash_md_loss`` is REINFORCE on
 :math:`P(\pi \succ \pi^\mu) - \beta KL(\pi\|\pi_{ref})` with a 1/2 baseline.
 
+One optimizer step per iteration on fresh samples, as TRL's ``NashMDTrainer``: REINFORCE on one
+batch is an on-policy gradient only at the parameters that sampled it, and its surrogate is linear in
+:math:`\log\pi_\theta`, so more steps on the same batch only push the winners' log-probs further, with
+no anchor to the previous policy. That step's gradient is the mean over every pair of the iteration
+(``SelfPlaySpec.one_step``), so its size is the run's learning rate alone (default 5e-7, TRL's).
+
 Deviations from TRL's ``NashMDTrainer``: K policy answers and K mixture answers per prompt, each
 policy answer's win rate is its mean preference over all K mixture answers (TRL: one of each, one
-comparison); the KL term is per sequence, not per token; a phase is several optimizer steps on one
-batch of samples, so all but the first step are slightly off-policy.
+comparison); the KL term is per sequence, not per token.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ register_selfplay(
     SelfPlaySpec(
         name="nash_md",
         summary="Nash-MD: mirror descent against the policy-reference mixture (Munos et al. 2023)",
-        config=NashMDConfig, loss="nash_md", build_targets=build_targets, mixture_opponents=True
+        config=NashMDConfig, loss="nash_md", build_targets=build_targets, mixture_opponents=True,
+        one_step=True,
     )
 )
