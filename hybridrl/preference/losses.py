@@ -39,9 +39,10 @@ the better one). The extras they read, each ``[B]``:
 - ``win_chosen`` / ``win_rejected``: estimates of :math:`P(y \succ \pi_s | x)` against the opponent
   policy :math:`\pi_s` of the method (the current iterate, the extrapolated one, or a mixture).
 
-All squared losses are computed in float32 (their targets reach tens or hundreds of nats; gotcha 15.1).
-Log-probs are summed over the completion, as in the SPPO and INPO code (EGPO's LM code length-normalises;
-we do not, so its beta is on the summed scale).
+All squared losses are computed in float32 (their targets reach tens or hundreds of nats).
+Log-probs are summed over the completion, as in the SPPO and INPO code and TRL's online trainers (online
+IPO, Nash-MD); EGPO averages them per token by default, as its LM code (``normalize_logprobs``), so its
+beta means the paper's. The offline ``ipo`` loss averages per token too (TRL), ``online_ipo`` does not.
 """
 
 from __future__ import annotations
@@ -187,7 +188,11 @@ def dpo_sigmoid_loss(pair: PairLogps, config: Any) -> Tensor:
 
 
 def ipo_loss(pair: PairLogps, config: Any) -> Tensor:
-    """IPO (eq. 17) on length-normalised scores: (s_w/|y_w| - s_l/|y_l| - 1/(2 beta))^2."""
+    """IPO (eq. 17) on length-normalised scores: (s_w/|y_w| - s_l/|y_l| - 1/(2 beta))^2.
+
+    Per-token averages as TRL's ``DPOTrainer`` (checked with the IPO authors); the self-play
+    ``online_ipo_loss`` sums log-probs instead, as TRL's online trainers.
+    """
     chosen, rejected = pair_scores(pair, config)
     margin = chosen / pair.chosen_lengths.clamp(min=1) - rejected / pair.rejected_lengths.clamp(min=1)
     return (margin - 1.0 / (2.0 * config.beta)) ** 2
@@ -260,21 +265,38 @@ def sppo_loss(pair: PairLogps, config: Any) -> Tensor:
 def online_ipo_loss(pair: PairLogps, config: Any) -> Tensor:
     r"""Online IPO (Calandriello et al. 2024, arXiv 2403.08635; EGPO's OIPO2), both answers from the policy:
 
-    :math:`([r_1 - r_2] - (P(y_1 \succ y_2) - \tfrac12)/\beta)^2`, :math:`r = \log\pi_\theta - \log\pi_{ref}`.
+    :math:`([r_1 - r_2] - (P(y_1 \succ y_2) - \tfrac12)/\beta)^2`, :math:`r = \log\pi_\theta - \log\pi_{ref}`
+    summed over the answer's tokens (TRL's online trainers do not length-normalise; ``ipo_loss`` does).
     """
     margin = _margin(pair.chosen_logratios, pair.rejected_logratios)
     return (margin - (_extra(pair, "preference", "online_ipo") - 0.5) / config.beta) ** 2
 
 
 def egpo_loss(pair: PairLogps, config: Any) -> Tensor:
-    r"""EGPO's online-IPO loss (Zhou, Fazel, Du 2025, arXiv 2503.08942; OIPO1 in their code):
+    r"""EGPO's online-IPO loss (Zhou, Fazel, Du 2025, arXiv 2503.08942; OIPO1 in their code) with an
+    explicit proximal term, so that its minimiser is one extragradient step of size ``config.eta``:
 
-    :math:`([r_1 - r_2] - [P(y_1 \succ \pi_s) - P(y_2 \succ \pi_s)]/\beta)^2` with :math:`\pi_s` the
-    opponent: the current policy on the extrapolation half-step, the half-step policy on the update step.
+    :math:`([r_1 - r_2] - (1 - \etaeta)[r^t_1 - r^t_2] - \eta[P(y_1 \succ \pi_s) - P(y_2 \succ \pi_s)])^2`,
+    :math:`r = \log\pi_	heta - \log\pi_{ref}`, :math:`r^t` the same under the previous iterate
+    (``prev_*``), :math:`\pi_s` the opponent (the current policy on the half step, the half-step policy on
+    the update). Its exact minimiser is the tabular step
+    :math:`\log\pi' = (1-\etaeta)\log\pi_t + \etaeta\log\pi_{ref} + \eta P(\cdot \succ \pi_s) + c`, however
+    many optimizer steps fit it; at :math:`\etaeta = 1` it is the reference's unanchored loss
+    :math:`([r_1 - r_2] - \Delta P/eta)^2`, whose minimiser is the best response to :math:`\pi_s`.
+    With ``config.normalize_logprobs`` every log-ratio is divided by its answer's token count, as the
+    reference LM trainer (``normalize_logprobs=True``), so beta is per token. ``config.eta``, ``config.beta``.
     """
-    margin = _margin(pair.chosen_logratios, pair.rejected_logratios)
+    chosen, rejected = pair.chosen_logratios.float(), pair.rejected_logratios.float()
+    prev_chosen = _extra(pair, "prev_chosen", "egpo") - pair.ref_chosen.float()
+    prev_rejected = _extra(pair, "prev_rejected", "egpo") - pair.ref_rejected.float()
+    if config.normalize_logprobs:
+        chosen_tokens = pair.chosen_lengths.float().clamp(min=1)
+        rejected_tokens = pair.rejected_lengths.float().clamp(min=1)
+        chosen, prev_chosen = chosen / chosen_tokens, prev_chosen / chosen_tokens
+        rejected, prev_rejected = rejected / rejected_tokens, prev_rejected / rejected_tokens
     wins = _margin(_extra(pair, "win_chosen", "egpo"), _extra(pair, "win_rejected", "egpo"))
-    return (margin - wins / config.beta) ** 2
+    target = (1.0 - config.eta * config.beta) * (prev_chosen - prev_rejected) + config.eta * wins
+    return (chosen - rejected - target) ** 2
 
 
 def nash_mp_loss(pair: PairLogps, config: Any) -> Tensor:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from hybridrl.preference.games_solvers import SOLVERS
 from hybridrl.preference.losses import (
     SELFPLAY_LOSSES,
     PairLogps,
@@ -19,6 +20,7 @@ from hybridrl.preference.losses import (
     resolve_loss,
     sppo_loss,
 )
+from hybridrl.preference.selfplay_methods.egpo import EGPOConfig
 
 
 def t(*values: float, grad: bool = False) -> torch.Tensor:
@@ -71,9 +73,53 @@ def test_online_ipo_and_egpo_hand_computed():
     # logratios 1 - 0 = 1 and -1 - 0 = -1: margin 2; target (0.9 - 0.5)/0.5 = 0.8
     p = pair((1.0, -1.0), (0.0, 0.0), preference=0.9)
     assert online_ipo_loss(p, config).item() == pytest.approx((2.0 - 0.8) ** 2)
-    # EGPO: target (0.6 - 0.3)/0.5 = 0.6
-    p = pair((1.0, -1.0), (0.0, 0.0), win_chosen=0.6, win_rejected=0.3)
+    # EGPO at eta * beta = 1 is the reference's unanchored loss: target (0.6 - 0.3)/0.5 = 0.6, whatever
+    # the previous iterate
+    config = SimpleNamespace(beta=0.5, eta=2.0, normalize_logprobs=False)
+    p = pair((1.0, -1.0), (0.0, 0.0), win_chosen=0.6, win_rejected=0.3, prev_chosen=5.0, prev_rejected=-7.0)
     assert egpo_loss(p, config).item() == pytest.approx((2.0 - 0.6) ** 2)
+
+
+def test_egpo_hand_computed_with_per_token_averages():
+    # lengths 2 and 4; log-ratios 3 - 1 = 2 and -2 - 0 = -2, per token 1 and -0.5: margin 1.5;
+    # previous iterate: (1 - 1)/2 = 0 and (-4 - 0)/4 = -1, margin 1; eta = 2, beta = 0.25: eta*beta = 0.5
+    # target 0.5 * 1 + 2 * (0.7 - 0.4) = 1.1; loss (1.5 - 1.1)^2 = 0.16
+    p = PairLogps(t(3.0), t(-2.0), t(1.0), t(0.0), t(2.0), t(4.0),
+                  {"prev_chosen": t(1.0), "prev_rejected": t(-4.0), "win_chosen": t(0.7), "win_rejected": t(0.4)})
+    config = EGPOConfig(beta=0.25, eta=2.0)
+    assert config.normalize_logprobs  # the reference LM trainer's default
+    assert egpo_loss(p, config).item() == pytest.approx(0.16, rel=1e-6)
+    # summed: margin 4, previous margin 0 - (-4) = 4: target 0.5 * 4 + 0.6 = 2.6
+    summed = EGPOConfig(beta=0.25, eta=2.0, normalize_logprobs=False)
+    assert egpo_loss(p, summed).item() == pytest.approx((4.0 - 2.6) ** 2, rel=1e-6)
+
+
+def test_egpo_fitted_hard_takes_the_configured_step_not_a_best_response():
+    """Fitting EGPO's loss to convergence on a tabular policy lands on the games module's EGPO step of
+    size ``eta`` (the unanchored loss would land on the best response, i.e. eta * beta = 1)."""
+    config = EGPOConfig()
+    n = 5
+    generator = torch.Generator().manual_seed(0)
+    log_ref = torch.log_softmax(torch.randn(n, generator=generator, dtype=torch.float64), 0)
+    log_prev = torch.log_softmax(torch.randn(n, generator=generator, dtype=torch.float64), 0)
+    wins = torch.rand(n, generator=generator, dtype=torch.float64)
+    i, j = torch.triu_indices(n, n, 1)
+    logits = log_prev.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([logits], lr=1.0)
+    ones = torch.ones(len(i), dtype=torch.float64)
+    for _ in range(500):  # far more steps than a phase takes: the fit converges
+        log_pi = torch.log_softmax(logits, 0)
+        p = PairLogps(log_pi[i], log_pi[j], log_ref[i], log_ref[j], ones, ones,
+                      {"prev_chosen": log_prev[i], "prev_rejected": log_prev[j],
+                       "win_chosen": wins[i], "win_rejected": wins[j]})
+        optimizer.zero_grad()
+        egpo_loss(p, config).mean().backward()
+        optimizer.step()
+    fitted = torch.log_softmax(logits.detach(), 0)
+    expected = SOLVERS["egpo"].step(log_prev[None], log_ref[None], config.eta, config.beta, lambda pi: wins[None])[0]
+    best_response = torch.log_softmax(log_ref + wins / config.beta, 0)
+    assert torch.allclose(fitted, expected, atol=1e-4)
+    assert (fitted - best_response).abs().max() > 0.5
 
 
 def test_nash_mp_hand_computed():
@@ -122,13 +168,13 @@ def test_selfplay_losses_are_float32_and_name_missing_extras(name):
     fn = resolve_loss(name)
     half = PairLogps(*(torch.zeros(2, dtype=torch.bfloat16) for _ in range(6)))
     with pytest.raises(ValueError, match=f"loss '{name}' needs PairLogps.extras"):
-        fn(half, SimpleNamespace(eta=1.0, tau=0.1, beta=0.1))
+        fn(half, SimpleNamespace(eta=1.0, tau=0.1, beta=0.1, normalize_logprobs=True))
     extras = {
         k: torch.full((2,), 0.5, dtype=torch.bfloat16)
         for k in ("prev_chosen", "prev_rejected", "preference", "win_chosen", "win_rejected")
     }
     full = PairLogps(*(torch.zeros(2, dtype=torch.bfloat16) for _ in range(6)), extras)
-    assert fn(full, SimpleNamespace(eta=1.0, tau=0.1, beta=0.1)).dtype == torch.float32
+    assert fn(full, SimpleNamespace(eta=1.0, tau=0.1, beta=0.1, normalize_logprobs=True)).dtype == torch.float32
 
 
 def test_offline_trainer_refuses_selfplay_losses():
