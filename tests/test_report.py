@@ -250,7 +250,8 @@ def test_preference_games_and_throughput_sections(tmp_path):
                       "metric": "win_rate_vs_sft", "score": 0.7, "wall_s": 3.0, "win_rate_matrix": matrix})
     its = [1, 10, 100, 1000]
     curves = {m: {"iterations": its, "median": [1.0, 0.1 * k, 0.0, 0.0], "q25": [0.8, 0.05, 0.0, 0.0],
-                  "q75": [1.2, 0.2, 1e-3, 1e-4]} for k, m in enumerate(["nash_mp", "egpo"], start=1)}
+                  "q75": [1.2, 0.2, 1e-3, 1e-4], "queries": [200 * i for i in its]}
+              for k, m in enumerate(["nash_mp", "egpo"], start=1)}
     write_run(tmp_path, "games-s0", kind="games", method="all", dataset="games-n10-beta0.1",
               scores={"kind": "games", "method": "all", "dataset": "games-n10-beta0.1", "seed": 0,
                       "metric": "final_gap", "score": 0.0, "wall_s": 2.0, "gap_curves": curves,
@@ -264,7 +265,7 @@ def test_preference_games_and_throughput_sections(tmp_path):
     report = build_report(tmp_path)
     assert len(report.finished) == 3
     names = {p.name for p in report.images}
-    assert {"win_rates_dpo-s0.png", "gaps_games-s0.png", "throughput.png"} <= names
+    assert {"win_rates_dpo-s0.png", "gaps_games-s0.png", "gaps_games-s0_queries.png", "throughput.png"} <= names
     assert all((p.with_suffix(".svg")).is_file() for p in report.images)
     text = report.report_md.read_text()
     assert "| dpo | 0.700 [0.60, 0.80] | 0.500 | 0.550 [0.45, 0.65] |" in text

@@ -221,7 +221,7 @@ def run_games_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | Non
     """Duality gap per iteration of every Nash method on random intransitive games."""
     import torch
 
-    from hybridrl.preference.games import default_lr, gap_curves
+    from hybridrl.preference.games import default_lr, gap_curves, queries_per_iteration
 
     if threads:
         torch.set_num_threads(threads)
@@ -235,7 +235,8 @@ def run_games_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | Non
                         seed=spec.seed, num_games=num_games, device="cpu" if device == "auto" else device)
     points = np.unique(np.concatenate([[0], np.geomspace(1, spec.steps, 80).round().astype(int)]))
     summary = {m: {"iterations": points.tolist(), "median": np.median(c[points], 1).tolist(),
-                   "q25": np.quantile(c[points], 0.25, 1).tolist(), "q75": np.quantile(c[points], 0.75, 1).tolist()}
+                   "q25": np.quantile(c[points], 0.25, 1).tolist(), "q75": np.quantile(c[points], 0.75, 1).tolist(),
+                   "queries": (points * queries_per_iteration(m, game["n"], game["samples"])).tolist()}
                for m, c in curves.items()}
     final = {m: float(np.median(c[-1])) for m, c in curves.items()}
     reduction = {m: float(np.median(c[0] / np.maximum(c[-1], 1e-300))) for m, c in curves.items()}

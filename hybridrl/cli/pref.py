@@ -232,28 +232,42 @@ def games_command(
     out: Annotated[Path, typer.Option(help="PNG of the duality gap per iteration (a .json beside it).")] = Path(
         "runs/nash_games.png"
     ),
+    x_axis: Annotated[
+        str, typer.Option(help="iterations, or queries: preference comparisons used (exact: n^2 per evaluation).")
+    ] = "iterations",
 ) -> None:
-    """Duality gap vs iteration of Nash-learning methods on random intransitive preference games."""
-    from hybridrl.bench.report.plots import import_pyplot, write_gap_plot
+    """Duality gap vs iteration (or oracle queries) of Nash-learning methods on random intransitive games."""
+    from hybridrl.bench.report.plots import X_AXES, import_pyplot, write_gap_plot
     from hybridrl.core.checkpoint import atomic_write_json
-    from hybridrl.preference.games import GAP_FLOOR, METHODS, SOLVERS, gap_bands, gap_curves
+    from hybridrl.preference.games import (
+        GAP_FLOOR,
+        METHODS,
+        SOLVERS,
+        gap_bands,
+        gap_curves,
+        queries_per_iteration,
+    )
 
     methods = method or list(METHODS)
     with one_line_errors():
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}: use {', '.join(METHODS)}")
+        if x_axis not in X_AXES:
+            raise ValueError(f"unknown x axis {x_axis!r}: use {' or '.join(X_AXES)}")
         if import_pyplot() is None:  # said before the solve, not after it
             raise ValueError("plotting needs matplotlib, which is not installed: pip install 'hybridrl[bench]'")
-        bands = gap_bands(gap_curves(methods, n=n, beta=beta, iterations=iterations, samples=samples, seed=seed,
-                                     num_games=games, device=device))
+        curves = gap_curves(methods, n=n, beta=beta, iterations=iterations, samples=samples, seed=seed,
+                            num_games=games, device=device)
+        bands = gap_bands(curves, {m: queries_per_iteration(m, n, samples) for m in methods})
         kind = "exact preferences" if samples is None else f"{samples} samples per estimate"
         # a method without a reference term is scored by gap_curves on the unregularized game
         unanchored = {m: f"{m} (beta=0 gap)" for m in methods if not SOLVERS[m].regularized}
         write_gap_plot(bands, out, title=f"n={n}, beta={beta}, {kind}, seed={seed}", band=("min", "max"),
                        ylabel=f"duality gap (median, min-max over {games} games)", floor=GAP_FLOOR,
-                       labels=unanchored)
-        summary = {m: {"gap_final_median": b["median"][-1], "gap_final_max": b["max"][-1]} for m, b in bands.items()}
+                       labels=unanchored, x=x_axis)
+        summary = {m: {"gap_final_median": b["median"][-1], "gap_final_max": b["max"][-1],
+                       "queries": b["queries"][-1]} for m, b in bands.items()}
         atomic_write_json(out.with_suffix(".json"), summary)
     typer.echo(f"{'method':<12} {'final gap (median)':>20} {'final gap (max)':>18}   ({games} games, seed {seed})")
     for name, row in summary.items():

@@ -30,6 +30,7 @@ from hybridrl.preference.games_solvers import (
     default_lr,
     exact_winrate_matrix,
     gap_curves,
+    queries_per_iteration,
     solve,
     solve_batched,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "exact_winrate_matrix",
     "game_value",
     "gap_curves",
+    "queries_per_iteration",
     "random_games",
     "regularized_nash",
     "regularized_nash_batched",
@@ -57,23 +59,29 @@ __all__ = [
 GAP_FLOOR = 1e-17  # gaps are plotted above this (exact zeros after rounding)
 
 
-def gap_bands(curves: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
+def gap_bands(
+    curves: dict[str, np.ndarray], queries: dict[str, int] | None = None
+) -> dict[str, dict[str, list[float]]]:
     """The median, min and max over games of each method's gap, at every iteration.
 
     Args:
         curves: ``{method: (iterations + 1, num_games) array of gaps}``, as :func:`gap_curves` returns.
+        queries: ``{method: oracle queries per iteration}`` (:func:`queries_per_iteration`); when given,
+            each band also has ``queries``, the preference comparisons used up to each point.
 
     Returns:
-        ``{method: {"iterations", "median", "min", "max"}}``: the layout of a games run's
+        ``{method: {"iterations", "median", "min", "max"[, "queries"]}}``: the layout of a games run's
         ``gap_curves`` with the extremes in place of the quartiles, which ``hybridrl pref games``
         draws with the report's gap plot.
     """
-    return {
-        method: {
+    bands: dict[str, dict[str, list[float]]] = {}
+    for method, gaps in curves.items():
+        bands[method] = {
             "iterations": list(range(gaps.shape[0])),
             "median": np.median(gaps, axis=1).tolist(),
             "min": gaps.min(1).tolist(),
             "max": gaps.max(1).tolist(),
         }
-        for method, gaps in curves.items()
-    }
+        if queries is not None:
+            bands[method]["queries"] = [t * queries[method] for t in range(gaps.shape[0])]
+    return bands

@@ -43,7 +43,11 @@ Deviations from the reference code, stated so results can be compared:
   ``P[y, y'']`` of sampled triples; ours draws Bernoulli outcomes.
 * In this exact tabular form EGPO with step :math:`\eta` and Nash-MP with step
   :math:`\eta/(1-\eta\beta)` produce the same iterates (divide the EGPO update by
-  :math:`1-\eta\beta`); the methods differ once each step is fitted by a parametric policy.
+  :math:`1-\eta\beta`); the methods differ once each step is fitted by a parametric policy. Their
+  default steps, :math:`1/(\beta+L)` and :math:`1/L`, are such a pair, so at their defaults with exact
+  preferences the two produce the same iterates for every beta and n. With sampled preferences (the same
+  seed) both defaults are capped by :math:`2/(\beta(t+2))`: the iterates agree until Nash-MP's cap binds,
+  at :math:`t + 2 > 1/\beta`, and differ after.
 * INPO and SPPO regress on pairwise / per-response targets whose minimizer is the update above; here
   the minimizer is applied exactly.
 """
@@ -77,6 +81,7 @@ __all__ = [
     "default_lr",
     "exact_winrate_matrix",
     "gap_curves",
+    "queries_per_iteration",
     "solve",
     "solve_batched",
 ]
@@ -185,6 +190,7 @@ class GameSolver:
         decays: whether, without ``lr``, the step follows 2/(beta(t+2)) even with exact preferences.
         per_response: whether its step on response y is scaled by pi(y) ~ 1/n (policy gradient), so a
             1/t decay is scaled by n.
+        evaluations: win-rate evaluations per iteration (2 for the extragradient methods).
     """
 
     step: StepFn
@@ -192,11 +198,12 @@ class GameSolver:
     regularized: bool = True
     decays: bool = False
     per_response: bool = False
+    evaluations: int = 1
 
 
 SOLVERS: dict[str, GameSolver] = {
-    "nash_mp": GameSolver(_nash_mp_step, _mirror_prox_lr),
-    "egpo": GameSolver(_egpo_step, _extragradient_lr),
+    "nash_mp": GameSolver(_nash_mp_step, _mirror_prox_lr, evaluations=2),
+    "egpo": GameSolver(_egpo_step, _extragradient_lr, evaluations=2),
     "nash_md": GameSolver(_nash_md_step, _nash_md_lr, decays=True),
     "inpo": GameSolver(_inpo_step, _forward_step_lr),
     "sppo": GameSolver(_sppo_step, _multiplicative_weights_lr, regularized=False),
@@ -241,6 +248,15 @@ def default_lr(method: str, beta: float, n: int) -> float:
     Looked up in :data:`SOLVERS`; each method's rule states where it comes from.
     """
     return _solver(method).default_lr(beta, n)
+
+
+def queries_per_iteration(method: str, n: int, samples: int | None) -> int:
+    r"""Preference-oracle queries one iteration of ``method`` uses on an n-response game.
+
+    An exact win-rate vector :math:`P\pi` reads all ``n * n`` preferences; a sampled one asks ``samples``
+    Bernoulli queries. Nash-MP and EGPO evaluate it twice per iteration, the others once.
+    """
+    return _solver(method).evaluations * (n * n if samples is None else samples)
 
 
 def _step_sizes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -16,7 +17,9 @@ from hybridrl.preference.games import (
     duality_gap,
     duality_gap_batched,
     game_value,
+    gap_bands,
     gap_curves,
+    queries_per_iteration,
     random_games,
     regularized_nash,
     regularized_nash_batched,
@@ -329,6 +332,31 @@ def test_egpo_and_nash_mp_coincide_under_the_step_reparametrization() -> None:
     np.testing.assert_allclose(egpo, nash_mp, atol=1e-13)
 
 
+@pytest.mark.parametrize("beta", [0.01, 0.1, 0.5])
+def test_egpo_at_its_default_step_coincides_with_nash_mp_at_its_default(beta: float) -> None:
+    # 1/(beta + L) and 1/L are a pair of the reparametrization: eta / (1 - eta beta) = 1/L
+    P, reference = random_games(4, 7, seed=3)
+    egpo = solve_batched(P, reference, "egpo", beta, 30)
+    nash_mp = solve_batched(P, reference, "nash_mp", beta, 30)
+    torch.testing.assert_close(egpo, nash_mp, rtol=0, atol=1e-12)
+    # with sampled preferences both defaults are capped by 2/(beta(t+2)): the pairing holds until Nash-MP's
+    # cap binds (t + 2 > 1/beta), then breaks
+    sampled = [solve_batched(P, reference, m, beta, 30, samples=50, seed=1) for m in ("egpo", "nash_mp")]
+    paired = max(0, math.ceil(1 / beta) - 1)  # iterates 0..paired come from uncapped steps only
+    torch.testing.assert_close(sampled[0][: paired + 1], sampled[1][: paired + 1], rtol=0, atol=1e-12)
+    if paired < 30:
+        assert (sampled[0][-1] - sampled[1][-1]).abs().max() > 1e-6
+
+
+def test_oracle_queries_count_n_squared_per_exact_evaluation_and_two_per_extragradient_iteration() -> None:
+    assert queries_per_iteration("nash_md", 10, None) == 100
+    assert queries_per_iteration("egpo", 10, None) == queries_per_iteration("nash_mp", 10, None) == 200
+    assert queries_per_iteration("sppo", 10, 100) == 100 and queries_per_iteration("egpo", 10, 100) == 200
+    bands = gap_bands(gap_curves(["egpo", "inpo"], n=4, iterations=3, num_games=2),
+                      {m: queries_per_iteration(m, 4, None) for m in ("egpo", "inpo")})
+    assert bands["egpo"]["queries"] == [0, 32, 64, 96] and bands["inpo"]["queries"] == [0, 16, 32, 48]
+
+
 def test_inpo_step_equals_an_sgd_step_on_egpo_online_ipo_loss() -> None:
     # EGPO simulations/loss_funcs.py::online_ipo_1: sum over all (y, y') of
     # ((r(y) - r(y')) - (Ppi(y) - Ppi(y')) / beta)^2 / n^2; one SGD step of lr is the OMD (INPO) logit
@@ -467,5 +495,9 @@ def test_cli_games_prints_final_gaps_and_rejects_unknown_methods(tmp_path):
     assert result.exit_code == 0, result.output
     assert out.exists() and out.with_suffix(".json").exists()
     assert "nash_mp" in result.output and "sppo" in result.output
+    result = runner.invoke(app, ["pref", "games", "--method", "egpo", "--iterations", "10", "--games", "2",
+                                 "--n", "4", "--out", str(out), "--x-axis", "queries"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["egpo"]["queries"] == 10 * 2 * 4 * 4
     result = runner.invoke(app, ["pref", "games", "--method", "nope"])
     assert result.exit_code == 2 and "unknown method(s) ['nope']" in result.stderr

@@ -145,10 +145,15 @@ def plot_win_rates(figs: Figures, run: RunRecord) -> str:
     return figs.save(fig, f"win_rates_{slug(run.run_id)}")
 
 
+X_AXES = {"iterations": "iteration", "queries": "oracle queries (preference comparisons used)"}
+"""x axes of the gap plots -> their label."""
+
+
 def plot_gap_curves(plt: Any, curves: Mapping[str, Mapping[str, Sequence[float]]], *, title: str, ylabel: str,
                     band: tuple[str, str] = ("q25", "q75"), floor: float = GAP_FLOOR,
-                    labels: Mapping[str, str] | None = None) -> Any:
-    """Duality gap vs iteration on a log axis, one line per method in the order given; returns the figure.
+                    labels: Mapping[str, str] | None = None, x: str = "iterations") -> Any:
+    """Duality gap vs iteration (or oracle queries) on a log axis, one line per method in the order given;
+    returns the figure.
 
     Args:
         curves: ``{method: {"iterations": [...], "median": [...], band[0]: [...], band[1]: [...]}}``,
@@ -156,20 +161,27 @@ def plot_gap_curves(plt: Any, curves: Mapping[str, Mapping[str, Sequence[float]]
         band: the keys of the band's lower and upper edges (quartiles in a games run).
         floor: gaps are drawn at least this large, as exact zeros have no place on a log axis.
         labels: legend labels of the methods that need another than their name.
+        x: ``iterations``, or ``queries`` (the preference comparisons used, which every curve must have):
+            extragradient methods query twice per iteration, so iterations flatter them.
     """
+    if x not in X_AXES:
+        raise ValueError(f"unknown x axis {x!r}: use {' or '.join(X_AXES)}")
+    missing = [method for method, curve in curves.items() if x not in curve]
+    if missing:
+        raise ValueError(f"gap curves of {', '.join(missing)} have no {x!r}")
     labels = labels or {}
     low, high = band
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, curve in curves.items():
-        its = np.asarray(curve["iterations"], dtype=np.float64)
+        its = np.asarray(curve[x], dtype=np.float64)
         (line,) = ax.plot(its, np.maximum(curve["median"], floor), label=labels.get(method, method))
         if low in curve and high in curve:
             ax.fill_between(its, np.maximum(curve[low], floor), np.maximum(curve[high], floor),
                             alpha=0.2, color=line.get_color(), linewidth=0)
     ax.set_yscale("log")
-    if all(min(c["iterations"], default=0) > 0 for c in curves.values()):
+    if all(min(c[x], default=0) > 0 for c in curves.values()):
         ax.set_xscale("log")  # the points are log-spaced
-    ax.set_xlabel("iteration")
+    ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
@@ -177,17 +189,18 @@ def plot_gap_curves(plt: Any, curves: Mapping[str, Mapping[str, Sequence[float]]
     return fig
 
 
-def plot_run_gap_curves(figs: Figures, run: RunRecord) -> str:
-    """The gap curves of one games run, methods sorted, median with its q25-q75 band; returns the image stem."""
+def plot_run_gap_curves(figs: Figures, run: RunRecord, x: str = "iterations") -> str:
+    """The gap curves of one games run against ``x`` (see :func:`plot_gap_curves`), methods sorted, median
+    with its q25-q75 band; returns the image stem."""
     fig = plot_gap_curves(figs.plt, dict(sorted(run.scores["gap_curves"].items())),
                           title=f"{run.spec['dataset']}, seed {run.spec['seed']}",
-                          ylabel=f"duality gap (median, q25-q75; floor {GAP_FLOOR:g})")
-    return figs.save(fig, f"gaps_{slug(run.run_id)}")
+                          ylabel=f"duality gap (median, q25-q75; floor {GAP_FLOOR:g})", x=x)
+    return figs.save(fig, f"gaps_{slug(run.run_id)}" + ("" if x == "iterations" else f"_{x}"))
 
 
 def write_gap_plot(curves: Mapping[str, Mapping[str, Sequence[float]]], out_path: str | Path, *, title: str,
                    ylabel: str, band: tuple[str, str] = ("q25", "q75"), floor: float = GAP_FLOOR,
-                   labels: Mapping[str, str] | None = None, dpi: int = 120) -> None:
+                   labels: Mapping[str, str] | None = None, dpi: int = 120, x: str = "iterations") -> None:
     """Draw :func:`plot_gap_curves` into one image file, its format from ``out_path``'s suffix.
 
     Raises ``ModuleNotFoundError`` when matplotlib is not installed.
@@ -197,7 +210,7 @@ def write_gap_plot(curves: Mapping[str, Mapping[str, Sequence[float]]], out_path
         raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig = plot_gap_curves(plt, curves, title=title, ylabel=ylabel, band=band, floor=floor, labels=labels)
+    fig = plot_gap_curves(plt, curves, title=title, ylabel=ylabel, band=band, floor=floor, labels=labels, x=x)
     fig.savefig(out_path, dpi=dpi)
     plt.close(fig)
 

@@ -156,7 +156,7 @@ def _check_gap_curves(curves: Any, final_gap: Any) -> str | None:
         if not (isinstance(curve, dict) and isinstance(curve.get("iterations"), list)):
             return f"gap_curves.{method} has no iterations"
         length = len(curve["iterations"])
-        for key in ("iterations", "median", "q25", "q75"):
+        for key in ("iterations", "median", "q25", "q75", "queries"):
             values = curve.get(key)
             if (key in ("iterations", "median") or key in curve) and not (
                     isinstance(values, list) and len(values) == length and all(map(is_number, values))):

@@ -189,6 +189,10 @@ def games_section(runs: list[RunRecord], page: Page) -> str:
     if page.figs is not None:
         for run in runs:
             text += f"\n{_image(f'duality gaps {run.run_id}', plot_run_gap_curves(page.figs, run))}\n"
+            # against the preference comparisons used too: an extragradient iteration costs two evaluations
+            if all("queries" in curve for curve in run.scores["gap_curves"].values()):
+                stem = plot_run_gap_curves(page.figs, run, x="queries")
+                text += f"\n{_image(f'duality gaps per oracle query {run.run_id}', stem)}\n"
     return text
 
 
