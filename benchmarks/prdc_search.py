@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
         optim.zero_grad()
         loss.backward()
         optim.step()
-    print(f"actor fitted to the data's actions by {args.pretrain} BC steps (mse {loss.detach().item():.3f})", flush=True)
+    mse = loss.detach().item()
+    print(f"actor fitted to the data's actions by {args.pretrain} BC steps (mse {mse:.3f})", flush=True)
 
     rates: dict[str, list[float]] = {"td3bc": [], "prdc": []}
     query_share = []
