@@ -324,7 +324,8 @@ def selfplay_command(
 
     def body() -> None:
         from hybridrl.preference.oracles import resolve_judge
-        from hybridrl.preference.selfplay import SelfPlayConfig, method_config, resolve_selfplay_method
+        from hybridrl.preference.selfplay import SelfPlayConfig, resolve_selfplay_method
+        from hybridrl.preference.selfplay_spec import method_config
 
         spec = resolve_selfplay_method(method)
         config = method_config(spec, _parse_params(param))

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -173,3 +173,27 @@ def quiet_hf_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+
+
+def make_accelerator(device: str | None, mixed_precision: str) -> Any:
+    """An ``accelerate.Accelerator`` on ``device`` ('cpu', 'cuda', 'cuda:N'; None: what accelerate picks,
+    which ``accelerate launch`` sets for several processes)."""
+    from accelerate import Accelerator
+
+    from hybridrl.core.seeding import resolve_device
+
+    use_cpu = False
+    if device not in (None, "", "auto"):
+        resolved = resolve_device(device)  # one-line error when CUDA is asked for and absent
+        use_cpu = resolved.type == "cpu"
+        if resolved.type == "cuda" and resolved.index is not None:
+            torch.cuda.set_device(resolved)  # single process on a chosen GPU
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+
+
+def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float) -> PreTrainedModel:
+    """The model wrapped with LoRA adapters of rank ``r`` on every linear layer (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)

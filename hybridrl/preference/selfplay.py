@@ -53,16 +53,11 @@ from hybridrl.preference.losses import PairLogps, resolve_loss
 from hybridrl.preference.models import disable_dropout
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 from hybridrl.preference.sampling import sample_completions
-from hybridrl.preference.selfplay_spec import (  # noqa: F401  (the methods' API, re-exported)
+from hybridrl.preference.selfplay_spec import (
     SELFPLAY_METHODS,
     PairTargets,
     SelfPlaySpec,
-    TargetBuilder,
     all_pairs,
-    method_config,
-    pair_values,
-    register_selfplay,
-    win_rates,
 )
 
 if TYPE_CHECKING:
@@ -512,21 +507,3 @@ def unique_prompts(rows: Sequence[dict]) -> list[str]:
     if rows and "prompt" not in rows[0]:
         raise ValueError("prompt file rows need a 'prompt' field (e.g. the task's test_prompts.jsonl)")
     return list(dict.fromkeys(str(r["prompt"]) for r in rows))
-
-
-__all__ = [
-    "SELFPLAY_METHODS",
-    "JudgedSamples",
-    "PairTargets",
-    "SelfPlayConfig",
-    "SelfPlaySpec",
-    "SelfPlayTrainer",
-    "all_pairs",
-    "method_config",
-    "pair_values",
-    "register_selfplay",
-    "resolve_selfplay_method",
-    "sample_completions",
-    "unique_prompts",
-    "win_rates",
-]

@@ -56,7 +56,7 @@ from hybridrl.preference.logprobs import (
     reference_mode,
 )
 from hybridrl.preference.losses import PairLogps, PreferenceLossConfig, preference_loss
-from hybridrl.preference.models import disable_dropout
+from hybridrl.preference.models import apply_lora, disable_dropout, make_accelerator
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -133,33 +133,6 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 
 
-def _make_accelerator(config: TrainConfig) -> Any:
-    from accelerate import Accelerator
-
-    from hybridrl.core.seeding import resolve_device
-
-    use_cpu = False
-    if config.device not in (None, "", "auto"):
-        device = resolve_device(config.device)  # one-line error when CUDA is asked for and absent
-        use_cpu = device.type == "cpu"
-        if device.type == "cuda" and device.index is not None:
-            torch.cuda.set_device(device)  # single process on a chosen GPU
-    return Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision)
-
-
-def _apply_lora(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
 class PairwiseTrainer:
     """Trains a causal LM on tokenized preference pairs with a loss from ``losses.LOSSES``.
 
@@ -194,13 +167,14 @@ class PairwiseTrainer:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
         self.out_dir = Path(out_dir)
-        self.accelerator = _make_accelerator(train_config)
+        self.accelerator = make_accelerator(train_config.device, train_config.mixed_precision)
         self.device = self.accelerator.device
         seed_everything(train_config.seed)
 
         disable_dropout(model)
         if train_config.lora_r > 0:
-            model = _apply_lora(model, train_config)
+            model = apply_lora(model, r=train_config.lora_r, alpha=train_config.lora_alpha,
+                               dropout=train_config.lora_dropout)
         model.to(self.device)
         self.ref_model = None
         if train_config.reference == "model" and (ref_model is not None or train_config.lora_r == 0):

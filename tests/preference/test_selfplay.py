@@ -9,16 +9,9 @@ import torch
 
 from hybridrl.core.session import Interrupted, RunDirectoryError, Session
 from hybridrl.preference.oracles import MajorityJudge
-from hybridrl.preference.selfplay import (
-    SELFPLAY_METHODS,
-    SelfPlayConfig,
-    SelfPlayTrainer,
-    all_pairs,
-    method_config,
-    resolve_selfplay_method,
-    sample_completions,
-    win_rates,
-)
+from hybridrl.preference.sampling import sample_completions
+from hybridrl.preference.selfplay import SelfPlayConfig, SelfPlayTrainer, resolve_selfplay_method
+from hybridrl.preference.selfplay_spec import SELFPLAY_METHODS, all_pairs, method_config, win_rates
 
 resolve_selfplay_method("inpo")  # fills the registry for parametrize
 METHODS = sorted(SELFPLAY_METHODS)

@@ -1,7 +1,7 @@
 r"""Nash-MD (Munos et al., "Nash Learning from Human Feedback", arXiv 2312.00886), the PG variant.
 
 The policy plays against the geometric mixture :math:`\pi^\mu \propto \pi_t^{1-\alpha}\pi_{ref}^{\alpha}`,
-mixed per token on the logits while sampling (``selfplay.sample_completions``, as TRL's
+mixed per token on the logits while sampling (``sampling.sample_completions``, as TRL's
 ``GeometricMixtureWrapper``); ``losses.nash_md_loss`` is REINFORCE on
 :math:`P(\pi \succ \pi^\mu) - \beta KL(\pi\|\pi_{ref})` with a 1/2 baseline.
 
