@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,3 +64,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(
             f"checkpoint {path} is unreadable ({type(err).__name__}): delete it to start over"
         ) from err
+
+
+def training_state(parts: Mapping[str, torch.nn.Module | torch.Tensor], optimizers: Mapping[str, Any],
+                   steps: int) -> dict[str, Any]:
+    """What an RL method saves: each named module's ``state_dict``, a copy of each named tensor
+    (learned scalars such as SAC's log alpha), each optimizer's state under ``NAME_optim``, and its
+    update count under ``steps``. A method lists its parts once and uses them to save and to load."""
+    from hybridrl.core.optim import optimizer_states
+
+    saved = {name: part.detach().clone() if isinstance(part, torch.Tensor) else part.state_dict()
+             for name, part in parts.items()}
+    return {**saved, **optimizer_states(dict(optimizers)), "steps": steps}
+
+
+def load_training_state(state: Mapping[str, Any], parts: Mapping[str, torch.nn.Module | torch.Tensor],
+                        optimizers: Mapping[str, Any]) -> int:
+    """Load what ``training_state`` saved into the same parts (tensors in place) and optimizers;
+    returns the update count."""
+    from hybridrl.core.optim import load_optimizer_states
+
+    for name, part in parts.items():
+        if isinstance(part, torch.Tensor):
+            with torch.no_grad():
+                part.copy_(state[name])
+        else:
+            part.load_state_dict(state[name])
+    load_optimizer_states(dict(optimizers), state)
+    return int(state["steps"])

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.checkpoint import load_training_state, training_state
 from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import bc_mse_loss
 from hybridrl.core.nets import DeterministicActor, ObsNormalizer
-from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
+from hybridrl.core.optim import adam, apply_losses
 from hybridrl.registry import MethodSpec, register
 
 
@@ -68,17 +69,19 @@ class BC:
     def act(self, obs: torch.Tensor, *, deterministic: bool = True) -> torch.Tensor:
         return self.actor(self.normalizer(obs))
 
+    def _parts(self) -> dict[str, torch.nn.Module]:
+        """What the method saves and loads, besides its optimizer and step count."""
+        return {"actor": self.actor, "obs_normalizer": self.normalizer}
+
     def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "obs_normalizer": self.normalizer.state_dict(),
-                **optimizer_states(self.optimizers), "steps": self.steps}
+        return training_state(self._parts(), self.optimizers, self.steps)
 
     def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
+        parts = self._parts()
         # Checkpoints written before the option existed have no statistics: they were unnormalized.
-        if "obs_normalizer" in state:
-            self.normalizer.load_state_dict(state["obs_normalizer"])
-        load_optimizer_states(self.optimizers, state)
-        self.steps = state["steps"]
+        if "obs_normalizer" not in state:
+            del parts["obs_normalizer"]
+        self.steps = load_training_state(state, parts, self.optimizers)
 
 
 register(MethodSpec(name="bc", family="offline", config=BCConfig, build=BC,

@@ -59,6 +59,7 @@ from typing import Literal
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.checkpoint import load_training_state, training_state
 from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import (
@@ -69,7 +70,7 @@ from hybridrl.core.losses import (
     sac_temperature_loss,
 )
 from hybridrl.core.nets import EnsembleCritic, TanhGaussianActor, soft_update_
-from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
+from hybridrl.core.optim import adam, apply_losses
 from hybridrl.registry import MethodSpec, register
 
 
@@ -260,24 +261,16 @@ class CQL:
         """min_i Q_i(s, a), e.g. to compare with Monte-Carlo returns (conservatism)."""
         return self.critic(obs, action).min(dim=0).values
 
+    def _parts(self) -> dict[str, torch.nn.Module | torch.Tensor]:
+        """What the method saves and loads, besides its optimizers and step count."""
+        return {"actor": self.actor, "critic": self.critic, "target_critic": self.target_critic,
+                "log_alpha": self.log_alpha, "log_alpha_prime": self.log_alpha_prime}
+
     def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(), "log_alpha_prime": self.log_alpha_prime.detach().clone(),
-            **optimizer_states(self.optimizers),
-            "steps": self.steps,
-        }
+        return training_state(self._parts(), self.optimizers, self.steps)
 
     def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-            self.log_alpha_prime.copy_(state["log_alpha_prime"])
-        load_optimizer_states(self.optimizers, state)
-        self.steps = state["steps"]
+        self.steps = load_training_state(state, self._parts(), self.optimizers)
 
 
 register(MethodSpec(name="cql", family="offline", config=CQLConfig, build=CQL,

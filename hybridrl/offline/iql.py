@@ -38,11 +38,12 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.checkpoint import load_training_state, training_state
 from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import critic_mse_loss, expectile_loss
 from hybridrl.core.nets import DeterministicActor, EnsembleCritic, GaussianActor, ObsNormalizer, ValueNet, soft_update_
-from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
+from hybridrl.core.optim import adam, apply_losses
 from hybridrl.registry import MethodSpec, register
 
 
@@ -189,24 +190,17 @@ class IQL:
         """min_i Q_i(s, a) on raw observations, in the dataset's reward units (the critic's scale undone)."""
         return self.critic(self.normalizer(obs), action).min(dim=0).values / self.reward_scale
 
+    def _parts(self) -> dict[str, torch.nn.Module]:
+        """What the method saves and loads, besides its reward scale, optimizers and step count."""
+        return {"actor": self.actor, "critic": self.critic, "target_critic": self.target_critic,
+                "value": self.value, "obs_normalizer": self.normalizer}
+
     def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(), "value": self.value.state_dict(),
-            "obs_normalizer": self.normalizer.state_dict(), "reward_scale": self.reward_scale,
-            **optimizer_states(self.optimizers),
-            "steps": self.steps,
-        }
+        return {**training_state(self._parts(), self.optimizers, self.steps), "reward_scale": self.reward_scale}
 
     def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.value.load_state_dict(state["value"])
-        self.normalizer.load_state_dict(state["obs_normalizer"])
+        self.steps = load_training_state(state, self._parts(), self.optimizers)
         self.reward_scale = state["reward_scale"]
-        load_optimizer_states(self.optimizers, state)
-        self.steps = state["steps"]
 
 
 register(MethodSpec(name="iql", family="offline", config=IQLConfig, build=IQL,

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.checkpoint import load_training_state, training_state
 from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import anchored_actor_loss, target_policy_smoothing, td3_critic_loss
 from hybridrl.core.nets import DeterministicActor, EnsembleCritic, ObsNormalizer, soft_update_
-from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
+from hybridrl.core.optim import adam, apply_losses
 from hybridrl.registry import MethodSpec, register
 
 
@@ -164,23 +165,16 @@ class TD3BC:
         """min_i Q_i(s, a) on raw observations, e.g. to compare with Monte-Carlo returns."""
         return self.critic(self.normalizer(obs), action).min(dim=0).values
 
+    def _parts(self) -> dict[str, torch.nn.Module | torch.Tensor]:
+        """What the method saves and loads, besides its optimizers and step count."""
+        return {"actor": self.actor, "critic": self.critic, "target_actor": self.target_actor,
+                "target_critic": self.target_critic, "obs_normalizer": self.normalizer}
+
     def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-            "target_actor": self.target_actor.state_dict(), "target_critic": self.target_critic.state_dict(),
-            "obs_normalizer": self.normalizer.state_dict(),
-            **optimizer_states(self.optimizers),
-            "steps": self.steps,
-        }
+        return training_state(self._parts(), self.optimizers, self.steps)
 
     def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_actor.load_state_dict(state["target_actor"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.normalizer.load_state_dict(state["obs_normalizer"])
-        load_optimizer_states(self.optimizers, state)
-        self.steps = state["steps"]
+        self.steps = load_training_state(state, self._parts(), self.optimizers)
 
 
 register(MethodSpec(name="td3bc", family="offline", config=TD3BCConfig, build=TD3BC,

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import torch
 
 from hybridrl.core.buffers import Batch
+from hybridrl.core.checkpoint import load_training_state, training_state
 from hybridrl.core.config import check_fields
 from hybridrl.core.context import BuildContext
 from hybridrl.core.losses import clipped_double_q_target, critic_mse_loss, sac_actor_loss, sac_temperature_loss
 from hybridrl.core.nets import EnsembleCritic, TanhGaussianActor, soft_update_
-from hybridrl.core.optim import adam, apply_losses, load_optimizer_states, optimizer_states
+from hybridrl.core.optim import adam, apply_losses
 from hybridrl.registry import MethodSpec, register
 
 
@@ -108,21 +109,16 @@ class SAC:
     def act(self, obs: torch.Tensor, *, deterministic: bool = True) -> torch.Tensor:
         return self.actor.act(obs, deterministic=deterministic)
 
+    def _parts(self) -> dict[str, torch.nn.Module | torch.Tensor]:
+        """What the method saves and loads, besides its optimizers and step count."""
+        return {"actor": self.actor, "critic": self.critic, "target_critic": self.target_critic,
+                "log_alpha": self.log_alpha}
+
     def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
-            **optimizer_states(self.optimizers), "steps": self.steps,
-        }
+        return training_state(self._parts(), self.optimizers, self.steps)
 
     def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        load_optimizer_states(self.optimizers, state)
-        self.steps = state["steps"]
+        self.steps = load_training_state(state, self._parts(), self.optimizers)
 
 
 register(MethodSpec(name="sac", family="online", config=SACConfig, build=SAC,
