@@ -191,3 +191,12 @@ def test_algos_name_and_train_help_show_every_hyperparameter_with_default_and_do
         assert "--" + field.name.replace("_", "-") in helped
         assert " ".join(docs[field.name].split()[:4]) in helped
     assert "--steps" in helped and "Gradient updates (offline)" in helped
+
+
+def test_a_reader_that_stops_reading_is_not_an_error():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m hybridrl.cli algos cql | head -1", shell=True, capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.startswith("cql (offline)") and proc.stderr == ""

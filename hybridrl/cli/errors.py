@@ -8,6 +8,8 @@ Exit 2 for bad input (names, numbers, paths, data, a run directory in use or hol
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,6 +44,9 @@ def one_line_errors() -> Iterator[None]:
     except DivergenceError as err:
         typer.echo(f"error: {first_line(err)}", err=True)
         raise typer.Exit(EXIT_DIVERGED) from None
+    except BrokenPipeError:  # whoever reads the output stopped reading (`| head`): not the user's error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        raise typer.Exit(0) from None
     except Exception as err:
         from hybridrl.bench.bundled import BundleError
         from hybridrl.factory import BehaviourPolicyError
