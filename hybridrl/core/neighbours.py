@@ -4,7 +4,13 @@
 nearest point and that point's row. Two backends give the same answer:
 
 - ``tree`` (points on the CPU): a ``scipy.spatial.cKDTree`` built once, queried with as many
-  workers as torch has threads, so ``--threads`` bounds it like the rest of the run.
+  workers as torch has threads, so ``--threads`` bounds it like the rest of the run. The tree is
+  built on the points' principal axes (centred and rotated, float64): a rotation keeps every
+  distance, and a KD-tree splits along coordinates, so on data of low intrinsic dimension (states
+  along trajectories, actions that follow them) its cells then cut across the data's spread instead
+  of along axes it barely varies on. Measured on 1M points in 23 dimensions (``benchmarks/
+  prdc_search.py``'s data), queries far from the points ran about 5x faster than on the raw axes.
+  Distances are reported in the original coordinates, from the rows found.
 - ``scan`` (points on an accelerator; also available on the CPU): a brute-force scan on the
   points' device, chunked over the points so that memory stays at ``keys x chunk_size`` floats.
   Each chunk is screened in float32 with the matmul form |x|^2 - 2 q.x + |q|^2 and keeps its
@@ -43,6 +49,20 @@ def _matmul_unit(device: torch.device) -> float:
     return unit
 
 
+def _principal_axes(points: np.ndarray, sample: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (D,) and orthonormal axes (D, D), by decreasing variance, of (N, D) float64 points.
+
+    The covariance comes from at most ``sample`` evenly strided rows: the axes only steer the tree's
+    splits, so any rotation is exact and an estimate is enough.
+    """
+    stride = max(1, len(points) // sample)
+    subset = points[::stride]
+    centre = subset.mean(axis=0)
+    centred = subset - centre
+    _, axes = np.linalg.eigh(centred.T @ centred)
+    return centre, np.ascontiguousarray(axes[:, ::-1])
+
+
 class NearestNeighbours:
     """The nearest of ``points`` (N, D) to each key, exactly; see the module docstring.
 
@@ -73,9 +93,11 @@ class NearestNeighbours:
         if backend == "tree":
             from scipy.spatial import cKDTree
 
+            points64 = self.points.double().numpy()
+            self._centre, self._axes = _principal_axes(points64)
             # float64, as the tree computes anyway. Midpoint splits (balanced_tree=False), measured on 1M
             # points in 23 dimensions: built in 0.9 s instead of 1.2 s, and queries no slower.
-            self._tree = cKDTree(self.points.double().numpy(), balanced_tree=False)
+            self._tree = cKDTree((points64 - self._centre) @ self._axes, balanced_tree=False)
         else:
             self._screen_points = self.points.float()
             self._sq_norms = self._screen_points.pow(2).sum(dim=1)
@@ -93,8 +115,12 @@ class NearestNeighbours:
         if keys.device != self.points.device:
             raise ValueError(f"keys are on {keys.device}, the points on {self.points.device}")
         if self.backend == "tree":
-            dist, rows = self._tree.query(keys.double().numpy(), k=1, workers=torch.get_num_threads())
-            return torch.from_numpy(dist), torch.from_numpy(rows.astype(np.int64, copy=False))
+            keys64 = keys.double()
+            rotated = (keys64.numpy() - self._centre) @ self._axes
+            _, rows = self._tree.query(rotated, k=1, workers=torch.get_num_threads())
+            rows = torch.from_numpy(rows.astype(np.int64, copy=False))
+            # The distance in the original coordinates (the rotation's rounding is ~1e-16 relative).
+            return (keys64 - self.points[rows].double()).norm(dim=1), rows
         return self._scan(keys)
 
     def _scan(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
