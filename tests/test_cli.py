@@ -200,3 +200,28 @@ def test_a_reader_that_stops_reading_is_not_an_error():
     proc = subprocess.run(f"{sys.executable} -m hybridrl.cli algos cql | head -1", shell=True, capture_output=True,
                           text=True, check=True)
     assert proc.stdout.startswith("cql (offline)") and proc.stderr == ""
+
+
+def test_train_starts_from_the_datasets_preset_and_options_override_it(store, tmp_path, monkeypatch):
+    from hybridrl.bench import suites
+
+    presets = tmp_path / "presets"
+    (presets / "td3bc").mkdir(parents=True)
+    (presets / "td3bc" / "hopper-random.yaml").write_text("batch_size: 8\nalpha: 4.0\n")
+    monkeypatch.setattr(suites, "METHOD_PRESETS", presets)
+
+    def train(out, *options):
+        result = invoke("train", "td3bc", "--dataset", TINY_DATASET, "--steps", 2, "--eval-episodes", 1,
+                        "--eval-every", 0, "--no-progress", "--out", tmp_path / out, *options)
+        assert result.exit_code == 0, result.output
+        method = json.loads((tmp_path / out / "config.json").read_text())["algo_config"]
+        return result.stdout, method
+
+    shown, method = train("preset")
+    assert "preset: " in shown and "hopper-random.yaml" in shown
+    assert (method["batch_size"], method["alpha"]) == (8, 4.0)
+    # An option typed on the command line wins, even when it equals the method's default.
+    _, method = train("typed", "--alpha", "2.5", "--set", "batch_size=16")
+    assert (method["batch_size"], method["alpha"]) == (16, 2.5)
+    shown, method = train("defaults", "--no-preset")
+    assert "preset: " not in shown and (method["batch_size"], method["alpha"]) == (256, 2.5)

@@ -68,13 +68,14 @@ _SET_HINT = {
 train_app = typer.Typer(no_args_is_help=True, cls=_MethodGroup,
                         help="Train an RL method; rerunning the same command resumes it.")
 
-_RUN_INPUTS = ("dataset", "env", "eval_env", "out", "param", "download")
+_RUN_INPUTS = ("dataset", "env", "eval_env", "out", "param", "download", "preset")
 
 
 def _option(name: str, help_text: str, annotation: Any, default: Any, *, shown: str | None = None,
             metavar: str | None = None) -> inspect.Parameter:
     flag = "--" + name.replace("_", "-")
-    decls = (flag,) if annotation is not bool else (f"{flag}/--no-{name.replace('_', '-')}",)
+    is_flag = annotation in (bool, Optional[bool])  # noqa: UP045
+    decls = (flag,) if not is_flag else (f"{flag}/--no-{name.replace('_', '-')}",)
     option = typer.Option(default, *decls, help=help_text, metavar=metavar,
                           show_default=shown if shown is not None else annotation is bool)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
@@ -112,7 +113,8 @@ def _config_options(config: Any, skip: set[str]) -> list[inspect.Parameter]:
         if field in skip:
             continue
         if isinstance(getattr(config, field), bool):
-            params.append(_option(field, doc, bool, getattr(config, field)))
+            # None until typed, so that a typed flag overrides a preset even when it equals the default.
+            params.append(_option(field, doc, Optional[bool], None, shown=default))  # noqa: UP045
         else:
             params.append(_option(field, doc, Optional[str], None, shown=default,  # noqa: UP045
                                   metavar=_metavar(hints[field])))
@@ -139,6 +141,9 @@ def _train_command(spec: Any) -> Callable[..., None]:
                           default=typer.Option(None, "--set", metavar="KEY=VALUE",
                                                help="Override a hyperparameter (repeatable).")),
         _option("download", "Download the dataset from Minari's server if it is missing.", bool, False),
+        _option("preset", "Start from the method's preset for the dataset when one ships "
+                "(hybridrl/bench/presets/methods/METHOD/TASK-QUALITY.yaml: the paper's per-task settings, "
+                "as the benchmarks run them); options and --set override it.", bool, True),
     ]
     run_options = _config_options(run_defaults, skip=set())
     method_options = _config_options(spec.default_config(), skip=run_fields | set(_RUN_INPUTS))
@@ -151,8 +156,8 @@ def _train_command(spec: Any) -> Callable[..., None]:
 
         given = {k: kwargs[k] for k in run_fields if kwargs.get(k) is not None}
         run_config = from_dict(RunConfig, {**to_dict(run_defaults), **given})
-        overrides = {k: kwargs[k] for k in method_fields if kwargs.get(k) is not None
-                     and kwargs[k] != getattr(spec.default_config(), k)}
+        overrides = _preset_values(spec.name, kwargs["dataset"]) if kwargs["preset"] else {}
+        overrides.update({k: kwargs[k] for k in method_fields if kwargs.get(k) is not None})
         overrides.update(parse_assignments(kwargs["param"]))
         check_budget(spec.name, run_config, dataset=kwargs["dataset"], env=kwargs["env"], overrides=overrides)
         _install_if_bundled(kwargs["dataset"])
@@ -169,6 +174,21 @@ def _train_command(spec: Any) -> Callable[..., None]:
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = f"{spec.summary}. Rerunning the same command resumes the run."
     return command
+
+
+def _preset_values(method: str, dataset: str | None) -> dict[str, Any]:
+    """The method's per-dataset preset (empty when none ships), announced with its path."""
+    from hybridrl.bench.suites import method_preset, method_preset_path
+
+    path = method_preset_path(method, dataset)
+    if path is None:
+        return {}
+    import hybridrl
+
+    package_root = Path(hybridrl.__file__).parent.parent
+    shown = path.relative_to(package_root) if path.is_relative_to(package_root) else path
+    typer.echo(f"preset: {shown} (--no-preset to start from the defaults)")
+    return method_preset(method, dataset)
 
 
 def _install_if_bundled(dataset: str | None) -> None:
