@@ -188,7 +188,23 @@ def make_accelerator(device: str | None, mixed_precision: str) -> Any:
         use_cpu = resolved.type == "cpu"
         if resolved.type == "cuda" and resolved.index is not None:
             torch.cuda.set_device(resolved)  # single process on a chosen GPU
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    check_data_parallel(accelerator.distributed_type)
+    return accelerator
+
+
+def check_data_parallel(distributed_type: Any) -> None:
+    """Refuse sharded training (FSDP, DeepSpeed) in one line: the trainers are data-parallel only.
+
+    Checkpoints, the final save, the reference pass and self-play's parameter backups read the
+    unwrapped model's weights whole, which FSDP and ZeRO-3 leave empty on every rank; gathering them
+    is not exercised here, so a sharded run is refused rather than saved empty.
+    """
+    name = getattr(distributed_type, "value", str(distributed_type))
+    if name in ("FSDP", "DEEPSPEED"):
+        raise ValueError(f"accelerate is configured for {name}, but hybridrl's preference trainers run "
+                         "data-parallel only (DDP: every process holds the whole model): run `accelerate "
+                         "config` and choose multi-GPU without FSDP or DeepSpeed")
 
 
 def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float) -> PreTrainedModel:

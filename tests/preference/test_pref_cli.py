@@ -204,3 +204,15 @@ def test_make_task_small(tmp_path):
     test_prompts = {r["prompt"] for r in read_jsonl(tmp_path / "test_prompts.jsonl")}
     assert len(test_prompts) == 8 and not train_prompts & test_prompts
     assert (tmp_path / "sft_model" / "tokenizer.json").exists()
+
+
+def test_sharded_accelerate_configs_are_refused_in_one_line():
+    from accelerate.utils import DistributedType
+
+    from hybridrl.preference.models import check_data_parallel
+
+    for sharded in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ValueError, match="data-parallel only"):
+            check_data_parallel(sharded)
+    for plain in (DistributedType.NO, DistributedType.MULTI_GPU):
+        check_data_parallel(plain)
