@@ -1,4 +1,4 @@
-"""Metrics logging: one JSON object per line, TensorBoard when asked and installed."""
+"""Metrics logging: one JSON object per line, TensorBoard and Weights & Biases when asked and installed."""
 
 from __future__ import annotations
 
@@ -37,8 +37,10 @@ class MetricsLogger:
         truncate_after: int | None = None,
         keep_lines: int | None = None,
         step_key: str = "step",
+        wandb_run: Any = None,
     ) -> None:
         self.path = Path(path)
+        self._wandb = wandb_run
         self.step_key = step_key
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows = 0
@@ -75,11 +77,38 @@ class MetricsLogger:
             for key, value in row.items():
                 if key != self.step_key and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != self.step_key}, step=int(step))
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+WANDB_ID = "wandb_id"
+"""The file in a run directory that keeps its W&B run id, so a resumed run continues the same W&B run."""
+
+
+def start_wandb(out_dir: str | os.PathLike, config: dict[str, Any]) -> Any:
+    """A W&B run for ``out_dir`` (project from ``WANDB_PROJECT``, as wandb reads it), resumed when the
+    directory has one; its id lives in ``out_dir/wandb_id``."""
+    try:
+        import wandb
+    except ImportError as err:
+        raise RuntimeError("W&B reporting needs the wandb package: pip install wandb") from err
+    out_dir = Path(out_dir)
+    id_file = out_dir / WANDB_ID
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        import uuid
+
+        run_id = uuid.uuid4().hex[:16]
+        atomic_write_text(id_file, run_id + "\n")
+    return wandb.init(id=run_id, resume="allow", name=out_dir.name, dir=str(out_dir), config=config)
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from hybridrl.core.checkpoint import atomic_save, atomic_write_json, load_checkpoint
-from hybridrl.core.logging import MetricsLogger
+from hybridrl.core.logging import MetricsLogger, start_wandb
 from hybridrl.core.seeding import rng_state, set_rng_state
 
 CONFIG = "config.json"
@@ -158,12 +158,13 @@ class Session:
         main_process: False on the non-main processes of a multi-process run: they read the
             checkpoint but write nothing and hold no lock.
         tensorboard: also write TensorBoard events under ``out_dir/tb``.
+        wandb: also send metric lines to a Weights & Biases run, the same one across resumes.
         map_location: where tensors of the checkpoint are loaded to.
     """
 
     def __init__(self, out_dir: str | os.PathLike, record: dict[str, Any], *, total: int, desc: str = "train",
                  progress: bool = True, step_key: str = "step", rate_name: str | None = "time/updates_per_s",
-                 main_process: bool = True, tensorboard: bool = False,
+                 main_process: bool = True, tensorboard: bool = False, wandb: bool = False,
                  map_location: str | torch.device = "cpu") -> None:
         self.out_dir = Path(out_dir)
         self.record = _plain(record)
@@ -174,6 +175,7 @@ class Session:
         self.rate_name = rate_name
         self.main = main_process
         self.tensorboard = tensorboard
+        self.wandb = wandb
         self._lock: _DirectoryLock | None = None
         self._map_location = map_location
         if self.main:
@@ -276,7 +278,8 @@ class Session:
         if self.main:
             self.logger = MetricsLogger(self.out_dir / METRICS, step_key=self.step_key,
                                         keep_lines=self.resume_state.get("metric_rows") if self.resume_state else 0,
-                                        tensorboard_dir=self.out_dir / "tb" if self.tensorboard else None)
+                                        tensorboard_dir=self.out_dir / "tb" if self.tensorboard else None,
+                                        wandb_run=start_wandb(self.out_dir, self.record) if self.wandb else None)
             self._rows = self.logger.rows
         self.bar = tqdm(total=self.total, initial=self.start, desc=self.desc, unit=self.step_key,
                         disable=not (self.progress and self.main), dynamic_ncols=True, mininterval=1.0)

@@ -152,6 +152,17 @@ def load_causal_lm(
     return model
 
 
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant, so LoRA's frozen
+    embeddings need no inputs that require grad); the KV cache is off while training."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2 renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Set every dropout probability to 0, as TRL does by default (``disable_dropout=True``).
 

@@ -16,7 +16,11 @@ Where the time goes and what is not wasted:
   concatenated forward (``logprobs.sequence_logps``);
 - batches are padded to their own longest row, not to a global maximum; with ``pairs_per_forward``
   a micro-batch is further split into length-sorted groups, each laid out on its own;
-- no gradient checkpointing, no autocast on the CPU, metrics leave the device only when logged.
+- no autocast on the CPU, metrics leave the device only when logged; gradient checkpointing only
+  when asked (it trades a second forward for activation memory).
+
+With ``eval_pairs`` the trainer also scores held-out pairs (no gradient, every ``eval_every`` steps
+and at the end) against the same reference, logging ``eval/loss`` and ``eval/rewards/...`` lines.
 
 The run directory is a :class:`~hybridrl.core.session.Session`'s: ``config.json`` holds the run's
 record (train and loss settings, a hash of the pairs) and a rerun with another is refused;
@@ -32,6 +36,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import time
 from array import array
@@ -56,13 +61,17 @@ from hybridrl.preference.logprobs import (
     reference_mode,
 )
 from hybridrl.preference.losses import PairLogps, PreferenceLossConfig, preference_loss
-from hybridrl.preference.models import apply_lora, disable_dropout, make_accelerator
+from hybridrl.preference.models import apply_lora, disable_dropout, enable_gradient_checkpointing, make_accelerator
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-FREE_SETTINGS = ("device", "progress", "log_every", "save_every")
+FREE_SETTINGS = ("device", "progress", "log_every", "save_every", "eval_every", "report_to")
 """Train settings left out of a run's record: a rerun may change them and still resume."""
+
+
+REPORTERS = ("tensorboard", "wandb")
+"""Where metric lines can go besides metrics.jsonl."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,8 +90,9 @@ class TrainConfig:
     """AdamW weight decay (HF default)."""
     warmup_steps: int = 0
     """Linear warm-up steps (HF default 0; the DPO paper used 150)."""
-    lr_schedule: Literal["linear", "constant"] = "linear"
-    """Decay after warm-up: linear to 0 (HF default) or constant."""
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warm-up: linear to 0 (HF default), a half cosine to 0 (HF's cosine schedule, one
+    cycle), or constant."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (HF default)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -102,6 +112,9 @@ class TrainConfig:
     packing: bool = True
     """With share_prompt: pack whole pairs into few rows under a block attention mask (one model call,
     no padding; see logprobs.packed_logps). Used when the model's attention is SDPA or eager."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them (non-reentrant HF
+    checkpointing): less memory for long sequences, about one more forward of time."""
     lora_r: int = 0
     """LoRA rank through peft; 0 trains every weight."""
     lora_alpha: int = 16
@@ -110,6 +123,11 @@ class TrainConfig:
     """LoRA dropout (0 keeps the policy equal to the reference at step 0)."""
     log_every: int = 10
     """Steps between metric lines (TRL logging_steps default)."""
+    eval_every: int = 0
+    """Steps between evaluations on the eval pairs, when given (0: only at the end)."""
+    report_to: tuple[str, ...] = ()
+    """Also send metric lines to: tensorboard (OUT/tb) and/or wandb (needs the package; the run
+    resumes under the same W&B id). metrics.jsonl is always written."""
     save_every: int = 500
     """Steps between checkpoints (HF save_steps default); one is always written at the end."""
     seed: int = 0
@@ -123,6 +141,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        unknown = set(self.report_to) - set(REPORTERS)
+        if unknown:
+            raise ValueError(f"unknown report_to {sorted(unknown)}: choose from {', '.join(REPORTERS)}")
         if self.reference_batch_size is not None and self.reference_batch_size < 1:
             raise ValueError(
                 f"reference_batch_size must be at least 1 or None, got {self.reference_batch_size}"
@@ -144,6 +167,7 @@ class PairwiseTrainer:
         train_config: optimisation and run settings.
         out_dir: checkpoints, metrics.jsonl, config.json, the reference cache and the final model.
         ref_model: an explicit reference model (else the initial policy / the LoRA base).
+        eval_pairs: held-out pairs scored every ``eval_every`` steps and at the end (no gradient).
     """
 
     def __init__(
@@ -156,12 +180,14 @@ class PairwiseTrainer:
         train_config: TrainConfig,
         out_dir: str | os.PathLike,
         ref_model: PreTrainedModel | None = None,
+        eval_pairs: TokenizedPairs | None = None,
     ) -> None:
         if len(pairs) == 0:
             raise ValueError("no preference pairs left to train on: see the drop report of tokenize_pairs")
         self.config = train_config
         self.loss_config = loss_config
         self.pairs = pairs
+        self.eval_pairs = eval_pairs if eval_pairs is not None and len(eval_pairs) else None
         self.tokenizer = tokenizer
         self.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -172,6 +198,8 @@ class PairwiseTrainer:
         seed_everything(train_config.seed)
 
         disable_dropout(model)
+        if train_config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         if train_config.lora_r > 0:
             model = apply_lora(model, r=train_config.lora_r, alpha=train_config.lora_alpha,
                                dropout=train_config.lora_dropout)
@@ -187,6 +215,7 @@ class PairwiseTrainer:
         scorers = [m for m in (model, self.ref_model, self._explicit_ref) if m is not None]
         self.pack = train_config.packing and all(packing_mask_kind(m) is not None for m in scorers)
         self.ref_table: torch.Tensor | None = None
+        self.eval_ref_table: torch.Tensor | None = None
 
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -207,7 +236,10 @@ class PairwiseTrainer:
             return step / max(1, warmup)
         if self.config.lr_schedule == "constant":
             return 1.0
-        return max(0.0, (self.config.steps - step) / max(1, self.config.steps - warmup))
+        remaining = max(0.0, (self.config.steps - step) / max(1, self.config.steps - warmup))
+        if self.config.lr_schedule == "cosine":  # transformers' get_cosine_schedule_with_warmup
+            return 0.5 * (1.0 + math.cos(math.pi * (1.0 - remaining)))
+        return remaining
 
     @property
     def global_batch_size(self) -> int:
@@ -238,7 +270,8 @@ class PairwiseTrainer:
     # -- reference ---------------------------------------------------------------------------------
 
     def prepare_reference(self) -> None:
-        """Fill ``ref_table`` [N, 2] from the cache or one pass of the reference (precompute mode)."""
+        """Fill ``ref_table`` [N, 2] (and the eval pairs') from the cache or one pass of the reference
+        (precompute mode)."""
         if self.config.reference != "precompute" or self.ref_table is not None:
             return
         reference = (
@@ -246,35 +279,40 @@ class PairwiseTrainer:
             if self._explicit_ref is not None
             else self.accelerator.unwrap_model(self.model)
         )
-        key = fingerprint(reference, self.pairs)
+        if self._explicit_ref is not None:
+            self._explicit_ref.to(self.device)
+        self.ref_table = self._reference_table(reference, self.pairs)
+        if self.eval_pairs is not None:
+            self.eval_ref_table = self._reference_table(reference, self.eval_pairs)
+        self._explicit_ref = None  # the reference model is not needed any more
+
+    def _reference_table(self, reference: torch.nn.Module, pairs: TokenizedPairs) -> torch.Tensor:
+        """[N, 2] reference log-probs of ``pairs`` on the device: from the cache, else one pass."""
+        key = fingerprint(reference, pairs)
         path = self.out_dir / f"ref_logps-{key}.pt"
         if path.exists():
-            self.ref_table = load_checkpoint(path)["ref_logps"]
-        else:
-            if self._explicit_ref is not None:
-                self._explicit_ref.to(self.device)
-            shard = (self.accelerator.process_index, self.accelerator.num_processes)
-            table = compute_reference_logps(
-                reference,
-                self.pairs,
-                pad_token_id=self.pad_token_id,
-                batch_size=self.config.reference_batch_size or self.config.batch_size,
-                device=self.device,
-                shard=shard,
-                share_prompt=self.config.share_prompt and self.accelerator.num_processes == 1,
-                pack=self.pack,
-            )
-            if self.accelerator.num_processes > 1:
-                table = self.accelerator.reduce(table.to(self.device), reduction="sum").cpu()
-            if self.accelerator.is_main_process:
-                atomic_save({"ref_logps": table, "key": key}, path)
-            self.ref_table = table
-        self._explicit_ref = None  # the reference model is not needed any more
-        self.ref_table = self.ref_table.to(self.device)
+            return load_checkpoint(path)["ref_logps"].to(self.device)
+        shard = (self.accelerator.process_index, self.accelerator.num_processes)
+        table = compute_reference_logps(
+            reference,
+            pairs,
+            pad_token_id=self.pad_token_id,
+            batch_size=self.config.reference_batch_size or self.config.batch_size,
+            device=self.device,
+            shard=shard,
+            share_prompt=self.config.share_prompt and self.accelerator.num_processes == 1,
+            pack=self.pack,
+        )
+        if self.accelerator.num_processes > 1:
+            table = self.accelerator.reduce(table.to(self.device), reduction="sum").cpu()
+        if self.accelerator.is_main_process:
+            atomic_save({"ref_logps": table, "key": key}, path)
+        return table.to(self.device)
 
-    def _reference_logps(self, batch: AnyPairBatch) -> torch.Tensor:
-        if self.ref_table is not None:
-            rows = self.ref_table[batch.indices]  # [B, 2]
+    def _reference_logps(self, batch: AnyPairBatch, table: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.ref_table if table is None else table
+        if table is not None:
+            rows = table[batch.indices]  # [B, 2]
             return torch.cat([rows[:, 0], rows[:, 1]])
         reference = self.ref_model if self.ref_model is not None else self.model
         with reference_mode(reference):
@@ -282,10 +320,11 @@ class PairwiseTrainer:
 
     # -- one step ----------------------------------------------------------------------------------
 
-    def collate(self, indices: list[int]) -> AnyPairBatch:
+    def collate(self, indices: list[int], pairs: TokenizedPairs | None = None) -> AnyPairBatch:
         # DDP expects one forward per backward; the shared-prompt layout makes two
         share = self.config.share_prompt and self.accelerator.num_processes == 1
-        return collate(self.pairs, indices, pad_token_id=self.pad_token_id, share_prompt=share, pack=self.pack)
+        return collate(self.pairs if pairs is None else pairs, indices, pad_token_id=self.pad_token_id,
+                       share_prompt=share, pack=self.pack)
 
     def length_chunks(self, indices: list[int]) -> list[list[int]]:
         """Split a micro-batch into groups of ``pairs_per_forward`` pairs of similar length.
@@ -305,13 +344,17 @@ class PairwiseTrainer:
         return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
     def compute_loss(
-        self, batches: AnyPairBatch | list[AnyPairBatch]
+        self, batches: AnyPairBatch | list[AnyPairBatch], ref_table: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss and metrics of the pairs of one batch, or of several batches as one (on the device)."""
+        """Loss and metrics of the pairs of one batch, or of several batches as one (on the device).
+
+        ``ref_table`` holds the reference log-probs of the pairs the batches index (default: the
+        training pairs' table, or the reference model's forward in ``reference="model"`` mode).
+        """
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         for batch in batches if isinstance(batches, list) else [batches]:
             logps, lengths = pair_logps(self.model, batch)
-            ref_logps = self._reference_logps(batch)
+            ref_logps = self._reference_logps(batch, ref_table)
             half = batch.num_pairs
             for name, values in (("logps", logps), ("lengths", lengths), ("ref", ref_logps)):
                 parts[f"chosen_{name}"].append(values[:half])
@@ -354,6 +397,26 @@ class PairwiseTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return dict(sums), tokens  # a plain dict: the metrics not yet logged are checkpointed
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and reward metrics over every eval pair (``eval/...``), means weighted by pairs.
+
+        Every process scores all eval pairs (they are few), so no reduction is needed.
+        """
+        assert self.eval_pairs is not None
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        order = sorted(range(len(self.eval_pairs)), key=lambda i: len(self.eval_pairs.chosen_ids[i]))
+        size = self.config.reference_batch_size or self.config.batch_size
+        for start in range(0, len(order), size):
+            batch = self.collate(order[start:start + size], self.eval_pairs).to(self.device)
+            with self.accelerator.autocast():
+                _, metrics = self.compute_loss(batch, self.eval_ref_table)
+            for key, value in metrics.items():
+                sums[key] = sums[key] + value.float() * batch.num_pairs
+        self.model.train()
+        return {f"eval/{key}": float(value) / len(self.eval_pairs) for key, value in sums.items()}
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -417,6 +480,8 @@ class PairwiseTrainer:
             progress=self.config.progress,
             rate_name=None,  # tokens per second are counted here instead
             main_process=self.accelerator.is_main_process,
+            tensorboard="tensorboard" in self.config.report_to,
+            wandb="wandb" in self.config.report_to,
             map_location=self.device,
         )
         if not resume:
@@ -445,6 +510,10 @@ class PairwiseTrainer:
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
                     last = self._flush(session, tokens, time.perf_counter() - began)
                     tokens, began = 0, time.perf_counter()
+                if self.eval_pairs is not None and self._eval_due():
+                    evaluation = self.evaluate()
+                    session.log(self.step, evaluation)
+                    last = {**last, **evaluation}
                 if self.step % self.config.save_every == 0 or self.step == end:
                     state = {"model": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
                              "schedule": self.schedule.state_dict(), "window_tokens": tokens, "last": last}
@@ -455,6 +524,10 @@ class PairwiseTrainer:
                 return session.finish(last)  # results.json, written last, holds the final metrics
         self.accelerator.wait_for_everyone()
         return last
+
+    def _eval_due(self) -> bool:
+        every = self.config.eval_every
+        return self.step == self.config.steps or (every > 0 and self.step % every == 0)
 
     def _flush(self, session: Session, tokens: int, seconds: float) -> dict[str, float]:
         """One metrics line: the window's means over steps and processes, tokens per second, the lr."""

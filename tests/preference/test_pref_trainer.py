@@ -253,3 +253,74 @@ def test_no_resume_starts_over(tiny_lm, pairs_and_tokenizer, tmp_path):
     assert {k: v for k, v in last.items() if not k.startswith("time/")} == {
         k: v for k, v in first.items() if not k.startswith("time/")
     }
+
+
+def test_cosine_schedule_matches_transformers(tiny_lm, pairs_and_tokenizer, tmp_path):
+    from transformers import get_cosine_schedule_with_warmup
+
+    trainer = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path, steps=10, warmup_steps=3, lr_schedule="cosine")
+    reference = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1.0), 3, 10)
+    assert [trainer._lr_factor(s) for s in range(11)] == pytest.approx(
+        [reference.lr_lambdas[0](s) for s in range(11)], abs=1e-12
+    )
+
+
+def test_gradient_checkpointing_leaves_the_steps_unchanged(tiny_lm, pairs_and_tokenizer, tmp_path):
+    plain = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "plain", steps=2)
+    checkpointed = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "ckpt", steps=2, gradient_checkpointing=True)
+    model = checkpointed.accelerator.unwrap_model(checkpointed.model)
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+    losses = []
+    for trainer in (plain, checkpointed):
+        trainer.prepare_reference()
+        losses.append([trainer.train_step()[0]["loss"].item() for _ in range(2)])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    a, b = weights(plain), weights(checkpointed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_eval_pairs_are_scored_against_the_reference_and_logged(tiny_lm, pairs_and_tokenizer, tmp_path):
+    pairs, tokenizer = pairs_and_tokenizer
+    trainer = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "run", steps=4, eval_every=2)
+    trainer.eval_pairs = pairs
+    trainer.prepare_reference()
+    assert trainer.evaluate()["eval/loss"] == pytest.approx(0.6931472, abs=1e-5)  # policy == reference
+    trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    evaluated = [row for row in rows if "eval/loss" in row]
+    assert [row["step"] for row in evaluated] == [2, 4]
+    # Trained on these very pairs, the policy prefers their chosen answers more than the reference did.
+    assert evaluated[-1]["eval/loss"] < 0.69 and evaluated[-1]["eval/rewards/margins"] > 0
+    # Scoring the training pairs as eval pairs gives what a no-gradient loss on them gives.
+    trainer.model.eval()
+    loss, _ = trainer.compute_loss(trainer.collate(list(range(len(pairs)))).to(trainer.device))
+    assert trainer.evaluate()["eval/loss"] == pytest.approx(loss.item(), abs=1e-5)
+
+
+def test_metric_lines_reach_wandb_under_one_run_id_across_resumes(tiny_lm, pairs_and_tokenizer, tmp_path,
+                                                                  monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    class FakeRun:
+        def log(self, row, step):
+            calls.append(("log", step, row))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kwargs):
+        calls.append(("init", kwargs["id"], kwargs["resume"]))
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path, steps=4, save_every=2, report_to=("wandb",)).train(stop_at=2)
+    make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path, steps=4, save_every=2, report_to=("wandb",)).train()
+    inits = [c for c in calls if c[0] == "init"]
+    assert len(inits) == 2 and inits[0][1] == inits[1][1] and inits[0][2] == "allow"
+    assert [c[1] for c in calls if c[0] == "log"] == [1, 2, 3, 4]
+    assert "loss" in next(c[2] for c in calls if c[0] == "log")
+    with pytest.raises(ValueError, match="unknown report_to"):
+        TrainConfig(report_to=("mlflow",))
