@@ -45,6 +45,23 @@ def _run(body: Callable[[], Any]) -> Any:
         return body()
 
 
+def _weights_dtype(name: str) -> torch.dtype:
+    """--dtype NAME as a torch dtype; one line naming the choices otherwise."""
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in choices:
+        raise ValueError(f"unknown --dtype {name!r}: use {', '.join(choices)}")
+    return choices[name]
+
+
+def _hold_out(rows: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train rows, eval rows) of a ``datasets.Dataset``: a seeded ``fraction`` held out, rows kept in order."""
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = max(1, round(fraction * len(rows)))
+    if held >= len(rows):
+        raise ValueError(f"--eval-fraction {fraction} leaves no training pairs out of {len(rows)}")
+    return rows.select(sorted(order[held:])), rows.select(sorted(order[:held]))
+
+
 @app.command()
 def train(
     method: Annotated[str, typer.Argument(help="dpo, fdpo or ipo.")],
@@ -63,6 +80,7 @@ def train(
     ] = 1,
     learning_rate: Annotated[float, typer.Option("--lr", help="Optimizer learning rate.")] = 1e-6,
     warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warm-up.")] = 0,
+    lr_schedule: Annotated[str, typer.Option(help="Decay after warm-up: linear, cosine or constant.")] = "linear",
     beta: Annotated[float | None, typer.Option(help="KL strength (default 0.1; fdpo 1.0).")] = None,
     loss_type: Annotated[str | None, typer.Option(help="sigmoid, ipo, hinge, robust.")] = None,
     divergence: Annotated[
@@ -86,6 +104,25 @@ def train(
         int | None, typer.Option(help="Pairs per model call, grouped by length (CPU: 2 is fastest here).")
     ] = None,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
+    dtype: Annotated[
+        str, typer.Option(help="Weights' dtype when loading: float32, bfloat16 or float16 (GPU).")
+    ] = "float32",
+    attn_implementation: Annotated[
+        str | None, typer.Option(help="sdpa, eager, flash_attention_2, ... (default: transformers' choice).")
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations in the backward pass (less memory, more time).")
+    ] = False,
+    eval_split: Annotated[
+        str | None, typer.Option(help="A split of the dataset to score during training (eval/loss...).")
+    ] = None,
+    eval_fraction: Annotated[
+        float, typer.Option(help="Or hold out this fraction of the training split (seeded) as eval pairs.")
+    ] = 0.0,
+    eval_every: Annotated[int, typer.Option(help="Optimizer steps between evaluations (0: at the end).")] = 0,
+    report_to: Annotated[
+        list[str] | None, typer.Option(help="Also log to tensorboard and/or wandb (repeat).")
+    ] = None,
     log_every: Annotated[int, typer.Option(help="Optimizer steps between metric lines.")] = 10,
     save_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = 500,
     resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoint.pt when present.")] = True,
@@ -120,12 +157,23 @@ def train(
             raise ValueError(f"unknown reference {reference!r}: use 'precompute' or 'model'")
         if mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"unknown mixed_precision {mixed_precision!r}: use 'no', 'bf16' or 'fp16'")
+        if lr_schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}: use 'linear', 'cosine' or 'constant'")
+        weights_dtype = _weights_dtype(dtype)
+        if eval_split is not None and eval_fraction > 0:
+            raise ValueError("give --eval-split or --eval-fraction, not both")
+        if not 0.0 <= eval_fraction < 1.0:
+            raise ValueError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
         train_config = TrainConfig(
             steps=steps,
             batch_size=batch_size,
             gradient_accumulation_steps=gradient_accumulation_steps,
             learning_rate=learning_rate,
             warmup_steps=warmup_steps,
+            lr_schedule=lr_schedule,  # type: ignore[arg-type]
+            gradient_checkpointing=gradient_checkpointing,
+            eval_every=eval_every,
+            report_to=tuple(report_to or ()),
             mixed_precision=mixed_precision,  # type: ignore[arg-type]
             reference=reference,
             lora_r=lora_r,
@@ -144,16 +192,24 @@ def train(
 
         run_dir = prepare_run_dir(out or Path("runs") / f"pref-{method}")  # before the long loads
         rows = load_preference_dataset(dataset, split=split)
+        eval_rows = load_preference_dataset(dataset, split=eval_split) if eval_split is not None else None
+        if eval_fraction > 0:
+            rows, eval_rows = _hold_out(rows, eval_fraction, seed)
         tokenizer = load_tokenizer(model)
         pairs, report = tokenize_pairs(rows, tokenizer, data_config)
         typer.echo(f"data: {report.summary()}", err=True)
+        eval_pairs = None
+        if eval_rows is not None:
+            eval_pairs, eval_report = tokenize_pairs(eval_rows, tokenizer, data_config)
+            typer.echo(f"eval data: {eval_report.summary()}", err=True)
         trainer = PairwiseTrainer(
-            model=load_causal_lm(model),
+            model=load_causal_lm(model, dtype=weights_dtype, attn_implementation=attn_implementation),
             tokenizer=tokenizer,
             pairs=pairs,
             loss_config=loss_config,
             train_config=train_config,
             out_dir=run_dir,
+            eval_pairs=eval_pairs,
         )
         last = trainer.train(resume=resume)
         summary = ", ".join(
@@ -281,25 +337,29 @@ def _parse_params(params: list[str] | None) -> dict[str, str]:
     return parse_assignments(params, "--param")
 
 
-def _read_prompts(path: Path) -> list[str]:
-    from hybridrl.preference.selfplay import unique_prompts
-    from hybridrl.preference.task import read_jsonl
+def _read_prompts(source: str | Path, split: str = "train", field: str | None = None) -> list[Any]:
+    from hybridrl.preference.prompts import load_prompts
 
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist: pass a .jsonl file with a 'prompt' field")
-    prompts = unique_prompts(read_jsonl(path))
-    if not prompts:
-        raise ValueError(f"prompt file {path} has no prompts")
-    return prompts
+    return load_prompts(source, split=split, field=field)
+
+
+PROMPTS_HELP = (
+    "Prompts: a .jsonl/.json/.parquet file, a dataset directory or a Hugging Face dataset id; a prompt is "
+    "text or a list of {role, content} messages (duplicates are dropped)."
+)
+PROMPT_FIELD_HELP = "Column holding the prompts (default: prompt, else messages)."
+JUDGE_HELP = "majority, weighted, bt:PATH, pairwise:PATH or rm:ID_OR_PATH (a reward model, on --device)."
 
 
 @app.command("selfplay")
 def selfplay_command(
     method: Annotated[str, typer.Argument(help="inpo, sppo, nash_mp, egpo, nash_md or online_ipo.")],
     model: Annotated[str, typer.Option(help="Initial policy and reference: HF model id or local directory.")],
-    prompts: Annotated[Path, typer.Option(help="JSONL file with a 'prompt' field (duplicates are dropped).")],
+    prompts: Annotated[str, typer.Option(help=PROMPTS_HELP)],
     out: Annotated[Path, typer.Option(help="Run directory; rerunning with it resumes.")],
-    judge: Annotated[str, typer.Option(help="majority, weighted, bt:PATH or pairwise:PATH.")] = "majority",
+    judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "majority",
+    prompts_split: Annotated[str, typer.Option(help="Split of a dataset directory or Hub dataset.")] = "train",
+    prompt_field: Annotated[str | None, typer.Option(help=PROMPT_FIELD_HELP)] = None,
     position_bias: Annotated[str, typer.Option(help="none, both (average both orders) or flip.")] = "none",
     iterations: Annotated[int, typer.Option(help="Rounds of sampling, judging and updating.")] = 3,
     samples_per_prompt: Annotated[int, typer.Option(help="Answers K per prompt and iteration.")] = 4,
@@ -316,11 +376,24 @@ def selfplay_command(
     param: Annotated[
         list[str] | None, typer.Option(help="Method hyperparameter KEY=VALUE (e.g. eta=4); repeat.")
     ] = None,
+    lora_r: Annotated[
+        int, typer.Option(help="LoRA rank (0: full fine-tuning); the reference is then the base model.")
+    ] = 0,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA scaling numerator.")] = 16,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.0,
+    lora_target_modules: Annotated[
+        str, typer.Option(help="Comma-separated module names with adapters, or all-linear.")
+    ] = "all-linear",
     seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: automatic).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over iterations.")] = True,
 ) -> None:
-    """Self-play Nash learning: sample K answers per prompt, judge them, update; resumes from OUT."""
+    """Self-play Nash learning: sample K answers per prompt, judge them, update; resumes from OUT.
+
+    Judged samples are saved before each update, so a rerun after a kill never asks the judge again about
+    them. With --lora-r only a LoRA adapter trains (the reference is the base model with the adapter
+    disabled); OUT/model is saved with the adapter merged in, a plain model.
+    """
 
     def body() -> None:
         from hybridrl.preference.oracles import resolve_judge
@@ -338,12 +411,17 @@ def selfplay_command(
             learning_rate=learning_rate,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            lora_target_modules=tuple(m.strip() for m in lora_target_modules.split(",") if m.strip()),
             seed=seed,
             device=device,
             progress=progress,
         )
-        oracle = resolve_judge(judge, position_bias=position_bias, seed=seed)  # type: ignore[arg-type]
-        prompt_texts = _read_prompts(prompts)
+        prompt_list = _read_prompts(prompts, prompts_split, prompt_field)
+        # a learned judge loads after the cheap checks, on the policy's device
+        oracle = resolve_judge(judge, position_bias=position_bias, seed=seed, device=device)  # type: ignore[arg-type]
         from hybridrl.core.session import prepare_run_dir
 
         prepare_run_dir(out)  # before the models load
@@ -355,10 +433,9 @@ def selfplay_command(
             spec=spec,
             method_config=config,
             config=run_config,
-            model=load_causal_lm(model),
-            ref_model=load_causal_lm(model),
+            model=load_causal_lm(model),  # the reference: a frozen copy, or with LoRA the adapter-free base
             tokenizer=load_tokenizer(model),
-            prompts=prompt_texts,
+            prompts=prompt_list,
             judge=oracle,
             out_dir=out,
         )
@@ -378,11 +455,13 @@ def winrate_command(
     model: Annotated[list[str], typer.Option(help="Model directory or HF id; repeat for every player.")],
     out: Annotated[Path, typer.Option(help="JSON file for the matrix.")],
     task: Annotated[Path | None, typer.Option(help="Task directory (its test_prompts.jsonl).")] = None,
-    prompts: Annotated[Path | None, typer.Option(help="JSONL prompt file (instead of --task).")] = None,
+    prompts: Annotated[str | None, typer.Option(help=PROMPTS_HELP + " Instead of --task.")] = None,
+    prompts_split: Annotated[str, typer.Option(help="Split of a dataset directory or Hub dataset.")] = "train",
+    prompt_field: Annotated[str | None, typer.Option(help=PROMPT_FIELD_HELP)] = None,
     name: Annotated[
         list[str] | None, typer.Option(help="Player names, one per --model (default: directory names).")
     ] = None,
-    judge: Annotated[str, typer.Option(help="majority, weighted, bt:PATH or pairwise:PATH.")] = "majority",
+    judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "majority",
     position_bias: Annotated[str, typer.Option(help="none, both or flip.")] = "none",
     samples_per_prompt: Annotated[int, typer.Option(help="Answers sampled per prompt and model.")] = 4,
     num_prompts: Annotated[int | None, typer.Option(help="Use the first N prompts (default all).")] = None,
@@ -410,9 +489,10 @@ def winrate_command(
             raise ValueError(f"player names must differ, got {names}: pass --name for each --model")
         if samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
-        oracle = resolve_judge(judge, position_bias=position_bias, seed=seed)  # type: ignore[arg-type]
-        prompt_texts = _read_prompts(task / "test_prompts.jsonl" if task is not None else prompts)
+        source = task / "test_prompts.jsonl" if task is not None else prompts
+        prompt_texts = _read_prompts(source, prompts_split, prompt_field)  # type: ignore[arg-type]
         prompt_texts = prompt_texts[:num_prompts] if num_prompts else prompt_texts
+        oracle = resolve_judge(judge, position_bias=position_bias, seed=seed)  # type: ignore[arg-type]
 
         from hybridrl.preference.models import load_causal_lm, load_tokenizer
 
@@ -436,21 +516,52 @@ def winrate_command(
 
 @app.command("train-judge")
 def train_judge_command(
-    kind: Annotated[str, typer.Argument(help="bt (Bradley-Terry reward model) or pairwise (general preference).")],
-    pairs: Annotated[Path, typer.Option(help="JSONL with prompt/chosen/rejected (e.g. the task's pairs.jsonl).")],
-    out: Annotated[Path, typer.Option(help="File for the judge; use it as --judge KIND:OUT.")],
-    epochs: Annotated[int, typer.Option(help="Passes over the pairs.")] = 30,
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="bt (small Bradley-Terry judge), pairwise (small general preference judge) or rm (a Hugging "
+            "Face reward model fine-tuned from --model)."
+        ),
+    ],
+    pairs: Annotated[
+        str,
+        typer.Option(
+            help="Pairs with prompt/chosen/rejected (e.g. the task's pairs.jsonl); for rm also a .json/.parquet "
+            "file, a dataset directory or a Hub dataset id, as `pref train --dataset`."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="File (bt, pairwise) or model directory (rm) for the judge.")],
+    model: Annotated[
+        str | None, typer.Option(help="rm: causal LM or sequence classifier to start from (HF id or directory).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="rm: split of a dataset directory or Hub dataset.")] = "train",
+    epochs: Annotated[int, typer.Option(help="bt, pairwise: passes over the pairs.")] = 30,
+    steps: Annotated[int, typer.Option(help="rm: AdamW steps.")] = 200,
+    learning_rate: Annotated[float, typer.Option("--lr", help="rm: AdamW learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="rm: pairs per step.")] = 8,
+    max_length: Annotated[int | None, typer.Option(help="rm: longest row in tokens (cut at its start).")] = 1024,
     seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
+    device: Annotated[str | None, typer.Option(help="rm: cpu, cuda, cuda:N (default: automatic).")] = None,
 ) -> None:
-    """Train a small local preference judge from labelled pairs."""
+    """Train a local preference judge from labelled pairs; prints the --judge name to use it with.
+
+    rm fits a reward model r(x, y) with the Bradley-Terry loss -log sigmoid(r(x, chosen) - r(x, rejected))
+    and saves it (model and tokenizer) in OUT: use it as --judge rm:OUT.
+    """
 
     def body() -> None:
+        if kind not in ("bt", "pairwise", "rm"):
+            raise ValueError(f"unknown judge kind {kind!r}: use 'bt', 'pairwise' or 'rm'")
+        if kind == "rm":
+            _train_reward_model(pairs, out, model, split=split, steps=steps, learning_rate=learning_rate,
+                                batch_size=batch_size, max_length=max_length, seed=seed, device=device)
+            return
         from hybridrl.preference.oracles import JudgeTrainConfig, train_learned_judge
         from hybridrl.preference.task import read_jsonl
 
-        if kind not in ("bt", "pairwise"):
-            raise ValueError(f"unknown judge kind {kind!r}: use 'bt' or 'pairwise'")
-        if not pairs.is_file():
+        if model is not None:
+            raise ValueError(f"--model trains a reward model: use `train-judge rm`, not {kind!r}")
+        if not Path(pairs).is_file():
             raise FileNotFoundError(f"pair file {pairs} does not exist")
         rows = read_jsonl(pairs)
         missing = [c for c in ("prompt", "chosen", "rejected") if rows and c not in rows[0]]
@@ -461,6 +572,27 @@ def train_judge_command(
         typer.echo(f"{kind} judge trained on {len(rows)} pairs: use --judge {kind}:{out}")
 
     _run(body)
+
+
+def _train_reward_model(pairs: str, out: Path, model: str | None, *, split: str, **settings: Any) -> None:
+    """``train-judge rm``: fit, save and name the reward model (settings: ``RewardTrainConfig``'s fields)."""
+    from hybridrl.preference.data import load_preference_dataset
+    from hybridrl.preference.reward_models import (
+        RewardTrainConfig,
+        load_reward_model_for_training,
+        save_reward_model,
+        train_reward_model,
+    )
+
+    if model is None:
+        raise ValueError("train-judge rm needs --model: the causal LM or sequence classifier to start from")
+    config = RewardTrainConfig(**settings)  # checked before anything loads
+    rows = load_preference_dataset(pairs, split=split)
+    reward_model, tokenizer = load_reward_model_for_training(model, seed=config.seed)
+    losses = train_reward_model(reward_model, tokenizer, rows, config)
+    save_reward_model(reward_model, tokenizer, out)
+    typer.echo(f"rm judge trained on {len(rows)} pairs for {len(losses)} steps (loss {losses[0]:.4g} -> "
+               f"{losses[-1]:.4g}): use --judge rm:{out}")
 
 
 def main() -> None:  # `python -m hybridrl.cli.pref`

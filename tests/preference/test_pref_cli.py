@@ -216,3 +216,21 @@ def test_sharded_accelerate_configs_are_refused_in_one_line():
             check_data_parallel(sharded)
     for plain in (DistributedType.NO, DistributedType.MULTI_GPU):
         check_data_parallel(plain)
+
+
+def test_train_with_held_out_eval_pairs_cosine_checkpointing_and_dtype(tiny_lm, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(*train_args(tiny_lm, pairs_file, out, "--eval-fraction", 0.25, "--eval-every", 3,
+                                "--lr-schedule", "cosine", "--gradient-checkpointing", "--dtype", "float32",
+                                "--attn-implementation", "eager"))
+    assert result.exit_code == 0, result.output
+    assert "eval data: " in result.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "eval/loss" in row] == [3, 6]
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["lr_schedule"] == "cosine" and config["train"]["gradient_checkpointing"]
+    total = sum(1 for _ in open(pairs_file))
+    assert config["num_pairs"] == total - round(0.25 * total)
+    one_line(invoke(*train_args(tiny_lm, pairs_file, tmp_path / "bad", "--dtype", "float8")), 2, "unknown --dtype")
+    one_line(invoke(*train_args(tiny_lm, pairs_file, tmp_path / "bad", "--eval-fraction", 1.5)), 2,
+             "--eval-fraction must be in [0, 1)")
