@@ -404,7 +404,11 @@ class PairwiseTrainer:
 
         Every process scores all eval pairs (they are few), so no reduction is needed.
         """
-        assert self.eval_pairs is not None
+        if self.eval_pairs is None:
+            raise ValueError("no eval pairs: pass eval_pairs to the trainer")
+        if self.config.reference == "precompute" and self.eval_ref_table is None:
+            # computed from the initial policy; after training has begun it could not be
+            raise RuntimeError("prepare_reference() computes the eval pairs' reference log-probs, before training")
         self.model.eval()
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         order = sorted(range(len(self.eval_pairs)), key=lambda i: len(self.eval_pairs.chosen_ids[i]))
