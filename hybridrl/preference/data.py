@@ -109,14 +109,38 @@ class TokenizedPairs:
 
 
 def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") -> Dataset:
-    """Load a dataset (JSON/JSONL/Parquet/CSV file, local directory or Hub id) and check its columns.
+    """Load a dataset (JSON/JSONL/Parquet/CSV file, local directory or Hub id) and check its columns."""
+    dataset = load_dataset_source(source, split=split)
+    check_columns(dataset.column_names)
+    return dataset
+
+
+def looks_like_a_path(source: str | os.PathLike) -> bool:
+    """Whether ``source`` names a local file or directory rather than a Hub id (which is never absolute,
+    never starts with a dot and never ends in a data-file suffix)."""
+    text = str(source)
+    return (
+        Path(text).suffix.lower() in FILE_BUILDERS
+        or text.startswith((".", "~", os.sep))
+        or Path(text).exists()
+    )
+
+
+def load_dataset_source(source: str | os.PathLike, *, split: str = "train", split_option: str = "--split") -> Dataset:
+    """Load any dataset: a JSON/JSONL/Parquet/CSV file, a local directory or a Hub id (no column check).
 
     A directory written by ``Dataset.save_to_disk`` is loaded with ``load_from_disk``; any other directory
-    or a Hub id goes through ``datasets.load_dataset``.
+    or a Hub id goes through ``datasets.load_dataset``. A local path that does not exist is one line
+    saying so, not a failed Hub lookup; ``split_option`` is the command-line option that picks the split.
     """
     import datasets
 
     path = Path(source)
+    if looks_like_a_path(source) and not path.exists():
+        raise PreferenceDataError(
+            f"cannot load dataset {str(source)!r}: {path} does not exist; pass a .json, .jsonl, .parquet or "
+            ".csv file, a dataset directory or a Hugging Face dataset id"
+        )
     try:
         if path.is_file():
             builder = FILE_BUILDERS.get(path.suffix.lower())
@@ -131,7 +155,7 @@ def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") 
         elif path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
             dataset = datasets.load_from_disk(str(path))
             if isinstance(dataset, datasets.DatasetDict):
-                dataset = _pick_split(dataset, split, source)
+                dataset = _pick_split(dataset, split, source, split_option)
         else:
             dataset = datasets.load_dataset(str(source), split=split)
     except PreferenceDataError:
@@ -139,7 +163,6 @@ def load_preference_dataset(source: str | os.PathLike, *, split: str = "train") 
     except (FileNotFoundError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PreferenceDataError(f"cannot load dataset {str(source)!r}: {first_line}") from err
-    check_columns(dataset.column_names)
     return dataset
 
 
@@ -219,11 +242,11 @@ def _json_kind(value: Any) -> str:
     return "null" if value is None else "text"
 
 
-def _pick_split(dataset_dict: Any, split: str, source: Any) -> Dataset:
+def _pick_split(dataset_dict: Any, split: str, source: Any, option: str = "--split") -> Dataset:
     if split not in dataset_dict:
         raise PreferenceDataError(
             f"dataset {str(source)!r} has no split {split!r}: "
-            f"choose one of {', '.join(dataset_dict)} with --split"
+            f"choose one of {', '.join(dataset_dict)} with {option}"
         )
     return dataset_dict[split]
 
@@ -241,7 +264,7 @@ def check_columns(columns: Sequence[str]) -> None:
             )
 
 
-def _is_conversation(value: Any) -> bool:
+def is_conversation(value: Any) -> bool:
     return isinstance(value, list) and all(
         isinstance(m, dict) and "role" in m and "content" in m for m in value
     )
@@ -249,7 +272,7 @@ def _is_conversation(value: Any) -> bool:
 
 def split_implicit_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     """Split a prompt shared by ``chosen`` and ``rejected`` off their front (messages or text)."""
-    if _is_conversation(chosen) and _is_conversation(rejected):
+    if is_conversation(chosen) and is_conversation(rejected):
         shared = 0
         while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
             shared += 1
@@ -264,6 +287,22 @@ def split_implicit_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
 
 # ---------------------------------------------------------------------------------------------------
 # Tokenization
+
+
+def chat_template_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], *, generation_prompt: bool = False
+) -> list[int]:
+    """Token ids of ``messages`` rendered by the tokenizer's chat template (with the assistant's generation
+    prompt after them when ``generation_prompt``); one line saying so when the tokenizer has no template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PreferenceDataError(
+            f"the tokenizer of {getattr(tokenizer, 'name_or_path', '') or 'this model'} has no chat template, "
+            "so conversational (messages) data cannot be rendered: use a chat model, or text prompts"
+        )
+    out = tokenizer.apply_chat_template(
+        list(messages), tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+    )
+    return list(out["input_ids"])
 
 
 def _is_empty(completion: Any) -> bool:
@@ -284,16 +323,10 @@ def _tokenize_row(
     tokenizer: PreTrainedTokenizerBase, prompt: Any, chosen: Any, rejected: Any
 ) -> tuple[list[int], list[int], list[int]]:
     """(prompt ids, chosen completion ids, rejected completion ids), split where TRL splits them."""
-    if _is_conversation(prompt):
-
-        def encode(messages: list, generation_prompt: bool = False) -> list[int]:
-            out = tokenizer.apply_chat_template(
-                messages, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
-            )
-            return list(out["input_ids"])
-
-        prompt_ids = encode(prompt, generation_prompt=True)
-        full_chosen, full_rejected = encode(prompt + chosen), encode(prompt + rejected)
+    if is_conversation(prompt):
+        prompt_ids = chat_template_ids(tokenizer, prompt, generation_prompt=True)
+        full_chosen = chat_template_ids(tokenizer, prompt + chosen)
+        full_rejected = chat_template_ids(tokenizer, prompt + rejected)
     else:
         eos = tokenizer.eos_token or ""
         chosen = chosen if chosen.endswith(eos) else chosen + eos
@@ -363,9 +396,9 @@ def tokenize_pairs(
         if chosen == rejected:
             report.dropped["chosen_equals_rejected"] += 1
             continue
-        if _is_conversation(prompt) != _is_conversation(chosen) or _is_conversation(
+        if is_conversation(prompt) != is_conversation(chosen) or is_conversation(
             chosen
-        ) != _is_conversation(rejected):
+        ) != is_conversation(rejected):
             report.dropped["mixed_text_and_messages"] += 1
             continue
         prompt_ids, chosen_ids, rejected_ids = _tokenize_row(tokenizer, prompt, chosen, rejected)

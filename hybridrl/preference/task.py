@@ -40,6 +40,8 @@ from hybridrl.core.checkpoint import atomic_write_json, atomic_write_text
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from hybridrl.preference.prompts import Prompt
+
 TOPICS: dict[str, tuple[str, ...]] = {
     "animals": ("cat", "dog", "horse", "fox", "owl", "bear", "wolf", "deer"),
     "colors": ("red", "blue", "green", "yellow", "purple", "orange", "white", "black"),
@@ -260,7 +262,7 @@ def sft_warmup(
 def sample_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     seed: int,
     temperature: float = 1.0,
@@ -271,14 +273,16 @@ def sample_responses(
 
     The entropy is that of the sampling distribution at each generated step, averaged over the tokens
     generated up to and including EOS: a diversity measure that needs no second forward pass. Answers
-    are drawn by :func:`hybridrl.preference.sampling.sample` from a generator seeded with ``seed``.
+    are drawn by :func:`hybridrl.preference.sampling.sample` from a generator seeded with ``seed``. A prompt
+    may be a conversation (messages), which the tokenizer's chat template renders.
     """
+    from hybridrl.preference.prompts import encode_prompts
     from hybridrl.preference.sampling import sample
 
     device = next(model.parameters()).device
     samples = sample(
         model,
-        tokenizer(list(prompts))["input_ids"],
+        encode_prompts(tokenizer, prompts),
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         max_new_tokens=max_new_tokens,

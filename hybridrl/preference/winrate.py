@@ -30,6 +30,8 @@ from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from hybridrl.preference.prompts import Prompt
+
 MATRIX_KEYS = ("players", "win_rate", "ci_low", "ci_high", "judge", "num_comparisons", "seed")
 
 
@@ -81,7 +83,7 @@ def matrix_from_outcomes(
 def winrate_matrix(
     models: Mapping[str, PreTrainedModel],
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     judge: PreferenceOracle,
     *,
     judge_name: str,
@@ -92,7 +94,11 @@ def winrate_matrix(
     resamples: int = 1000,
     confidence: float = 0.95,
 ) -> dict[str, Any]:
-    """Sample every model's answers to ``prompts`` and judge every pair of models (see the module docstring)."""
+    """Sample every model's answers to ``prompts`` and judge every pair of models (see the module docstring).
+
+    A prompt may be a conversation: the players read it through the tokenizer's chat template, the judge
+    as it is.
+    """
     from hybridrl.preference.task import sample_responses
 
     if len(models) < 2:

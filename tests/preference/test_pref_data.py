@@ -129,3 +129,80 @@ def test_collate_pads_to_the_batch_not_a_global_maximum(tokenizer, text_rows):
     assert batch.completion_mask.sum(1).tolist() == completion
     assert (batch.completion_mask <= batch.attention_mask).all()
     assert (batch.completion_mask[:, :10] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompt sets (self-play, win rates)
+
+CHAT = [{"role": "system", "content": "using tools"}, {"role": "user", "content": "write two words about animals"}]
+
+
+def test_unique_prompts_dedupe_conversations_and_keep_the_prompt_turns():
+    from hybridrl.preference.prompts import prompts_digest, unique_prompts
+
+    reordered = [{"content": m["content"], "role": m["role"]} for m in CHAT]  # same messages, keys reordered
+    dialogue = [*CHAT, {"role": "assistant", "content": "cat dog"}]  # a whole dialogue: its answer goes
+    rows = [{"prompt": CHAT}, {"prompt": "write :"}, {"prompt": reordered}, {"prompt": dialogue}, {"prompt": "write :"}]
+    assert unique_prompts(rows) == [CHAT, "write :"]
+    assert unique_prompts([{"messages": CHAT}]) == [CHAT]  # no 'prompt' column: 'messages'
+    with pytest.raises(PreferenceDataError, match="no 'question' field"):
+        unique_prompts(rows, "question")
+    with pytest.raises(PreferenceDataError, match="row 1, field 'prompt': a prompt must be text or a list of"):
+        unique_prompts([{"prompt": [{"text": "hi"}]}])
+    # a list of text keeps the digest runs were recorded with before conversations were accepted
+    import hashlib
+
+    assert prompts_digest(["a", "b"]) == hashlib.sha256(b"a\nb").hexdigest() != prompts_digest([CHAT])
+
+
+def test_encode_prompts_renders_conversations_with_the_generation_prompt(tokenizer):
+    from hybridrl.preference.models import CHAT_TEMPLATE
+    from hybridrl.preference.prompts import encode_prompts
+
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    text = "write two words about animals and tools using saw :"
+    ids = encode_prompts(tokenizer, [CHAT, text])
+    assert ids[1] == tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids[0]) == "<system> using tools <user> write two words about animals <assistant>"
+    no_template = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    no_template.chat_template = None
+    with pytest.raises(PreferenceDataError, match="has no chat template"):
+        encode_prompts(no_template, [CHAT])
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "dir"])
+def test_load_prompts_from_files_and_dataset_directories(tmp_path, kind):
+    from datasets import Dataset, DatasetDict
+
+    from hybridrl.preference.prompts import load_prompts
+
+    rows = [{"messages": CHAT, "id": 0}, {"messages": CHAT, "id": 1}, {"messages": CHAT[1:], "id": 2}]
+    split = "train"
+    if kind == "jsonl":
+        source = write_jsonl(tmp_path / "p.jsonl", rows)
+    elif kind == "parquet":
+        source = tmp_path / "p.parquet"
+        Dataset.from_list(rows).to_parquet(str(source))
+    else:
+        source, split = tmp_path / "d", "test"
+        DatasetDict({"test": Dataset.from_list(rows)}).save_to_disk(str(source))
+    assert load_prompts(source, split=split) == [CHAT, CHAT[1:]]
+    with pytest.raises(PreferenceDataError, match="'question'"):
+        load_prompts(source, split=split, field="question")
+    if kind == "dir":
+        with pytest.raises(PreferenceDataError, match="no split 'train': choose one of test with --prompts-split"):
+            load_prompts(source)
+
+
+def test_load_prompts_bad_sources_are_one_line(tmp_path):
+    from hybridrl.preference.prompts import load_prompts
+
+    with pytest.raises(PreferenceDataError, match=r"nope.jsonl does not exist; pass a .json, .jsonl, .parquet"):
+        load_prompts(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(PreferenceDataError, match=r"empty\.jsonl is empty"):
+        load_prompts(tmp_path / "empty.jsonl")
+    write_jsonl(tmp_path / "q.jsonl", [{"question": "hi"}])
+    with pytest.raises(PreferenceDataError, match=r"no 'prompt' field \(fields: question\): name the prompt column"):
+        load_prompts(tmp_path / "q.jsonl")
+    assert load_prompts(tmp_path / "q.jsonl", field="question") == ["hi"]
