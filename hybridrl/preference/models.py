@@ -74,14 +74,10 @@ def train_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def build_tiny_model(
-    tokenizer: PreTrainedTokenizerBase, config: TinyLMConfig | None = None, *, seed: int = 0
-) -> PreTrainedModel:
-    """A randomly initialised Llama sized by ``config`` with ``tokenizer``'s vocabulary (seeded)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _tiny_llama_config(tokenizer: PreTrainedTokenizerBase, config: TinyLMConfig) -> Any:
+    from transformers import LlamaConfig
 
-    config = config or TinyLMConfig()
-    llama_config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
@@ -95,6 +91,15 @@ def build_tiny_model(
         bos_token_id=None,
         tie_word_embeddings=False,
     )
+
+
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerBase, config: TinyLMConfig | None = None, *, seed: int = 0
+) -> PreTrainedModel:
+    """A randomly initialised Llama sized by ``config`` with ``tokenizer``'s vocabulary (seeded)."""
+    from transformers import LlamaForCausalLM
+
+    llama_config = _tiny_llama_config(tokenizer, config or TinyLMConfig())
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # the same seed gives the same weights, without touching the caller's RNG
     model = LlamaForCausalLM(llama_config)
@@ -102,6 +107,21 @@ def build_tiny_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
+    return model
+
+
+def build_tiny_reward_model(
+    tokenizer: PreTrainedTokenizerBase, config: TinyLMConfig | None = None, *, seed: int = 0
+) -> PreTrainedModel:
+    """A randomly initialised one-output Llama sequence classifier (a reward model) sized by ``config``."""
+    from transformers import LlamaForSequenceClassification
+
+    llama_config = _tiny_llama_config(tokenizer, config or TinyLMConfig())
+    llama_config.num_labels = 1
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(llama_config)
+    torch.random.set_rng_state(generator_state)
     return model
 
 
@@ -218,9 +238,43 @@ def check_data_parallel(distributed_type: Any) -> None:
                          "config` and choose multi-GPU without FSDP or DeepSpeed")
 
 
-def apply_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float) -> PreTrainedModel:
-    """The model wrapped with LoRA adapters of rank ``r`` on every linear layer (peft)."""
+def apply_lora(
+    model: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules: str | list[str] = "all-linear"
+) -> PreTrainedModel:
+    """The model wrapped with LoRA adapters of rank ``r`` (peft) on ``target_modules``: module names, or
+    ``"all-linear"`` for every linear layer but the output head."""
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                      task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+class AdapterDisabled(torch.nn.Module):
+    """A LoRA model seen with its adapter switched off: the base model, sharing the policy's weights.
+
+    Self-play's reference for a LoRA policy (TRL's choice under PEFT): no frozen copy is kept, and every
+    forward runs in eval mode inside peft's ``disable_adapter()``. Used without gradient (anchors, mixture
+    sampling); ``train()``/``eval()`` on it leave the policy's mode alone.
+    """
+
+    def __init__(self, peft_model: torch.nn.Module) -> None:
+        super().__init__()
+        self.peft_model = peft_model
+
+    def train(self, mode: bool = True) -> AdapterDisabled:
+        self.training = mode  # the policy's own mode is the trainer's to set
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        was_training = self.peft_model.training
+        self.peft_model.eval()
+        try:
+            with self.peft_model.disable_adapter():
+                return self.peft_model(*args, **kwargs)
+        finally:
+            self.peft_model.train(was_training)
+
+    def get_base_model(self) -> torch.nn.Module:
+        """The transformers model under the adapter (what ``tokens.accepts_logits_to_keep`` inspects)."""
+        return self.peft_model.get_base_model()

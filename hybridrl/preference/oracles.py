@@ -11,6 +11,9 @@ one forward pass:
 - :class:`LearnedJudge` of kind ``pairwise``: a general preference model ``P = sigmoid(g(x, a, b))`` that
   reads both answers at once (as the pairwise models used by INPO and EGPO), so it can be intransitive,
   and, like them, it can favour a position;
+- a Hugging Face reward model (any sequence classifier with one output), ``P = sigmoid(r(x, a) - r(x, b))``:
+  :class:`~hybridrl.preference.reward_models.RewardModelJudge`, which reads conversations through its
+  tokenizer's chat template;
 - position-bias handling as wrappers: :class:`BothOrders` (average of both orders, INPO's pipeline) and
   :class:`RandomFlip` (one order at random, TRL's PairRM judge and EGPO's pair judge).
 
@@ -19,7 +22,7 @@ word embeddings of the prompt and of each answer, their product, and the answer 
 train on a CPU from the task's ``pairs.jsonl``; no download.
 
 :func:`resolve_judge` maps a command-line name (``majority``, ``weighted``, ``bt:PATH``,
-``pairwise:PATH``) to a judge.
+``pairwise:PATH``, ``rm:ID_OR_PATH``) to a judge.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
+from hybridrl.preference.prompts import Prompt
 from hybridrl.preference.task import MajorityJudge, PairwiseJudge, WeightedJudge
 
 __all__ = [
@@ -52,13 +56,19 @@ __all__ = [
 ]
 
 PreferenceOracle = PairwiseJudge
-"""Anything with ``preference(prompt, first, second) -> float`` (P(first beats second), 0.5 a tie)."""
+"""Anything with ``preference(prompt, first, second) -> float`` (P(first beats second), 0.5 a tie); a
+prompt is text or, for judges that read conversations (reward models), a list of messages; a judge may
+add ``preference_batch(prompts, firsts, seconds)`` to answer many pairs in one call."""
 
 
 def judge_batch(
-    oracle: PreferenceOracle, prompts: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]
+    oracle: PreferenceOracle, prompts: Sequence[Prompt], firsts: Sequence[Any], seconds: Sequence[Any]
 ) -> np.ndarray:
-    """``[N]`` float64 preferences of ``firsts[i]`` over ``seconds[i]``; one batched call when supported."""
+    """``[N]`` float64 preferences of ``firsts[i]`` over ``seconds[i]``; one batched call when supported.
+
+    Prompts are text or messages and answers text (or, in conversational pair rows, assistant messages),
+    as the judge reads them.
+    """
     if not len(prompts) == len(firsts) == len(seconds):
         raise ValueError(f"judge_batch needs equal lengths, got {len(prompts)}, {len(firsts)}, {len(seconds)}")
     batched = getattr(oracle, "preference_batch", None)
@@ -268,14 +278,17 @@ def load_learned_judge(path: str | os.PathLike) -> LearnedJudge:
 # ---------------------------------------------------------------------------------------------------
 # Registry
 
-JUDGE_CHOICES = "majority, weighted, bt:PATH, pairwise:PATH"
+JUDGE_CHOICES = "majority, weighted, bt:PATH, pairwise:PATH, rm:ID_OR_PATH"
 POSITION_CHOICES = ("none", "both", "flip")
 
 
 def resolve_judge(
-    name: str, *, position_bias: Literal["none", "both", "flip"] = "none", seed: int = 0
+    name: str, *, position_bias: Literal["none", "both", "flip"] = "none", seed: int = 0, device: str | None = None
 ) -> PreferenceOracle:
-    """The judge called ``name`` (see :data:`JUDGE_CHOICES`), optionally wrapped against position bias."""
+    """The judge called ``name`` (see :data:`JUDGE_CHOICES`), optionally wrapped against position bias.
+
+    ``rm:ID_OR_PATH`` loads a reward model (HF id or local directory) onto ``device`` (None: automatic).
+    """
     if position_bias not in POSITION_CHOICES:
         raise ValueError(
             f"unknown position bias handling {position_bias!r}: choose one of {', '.join(POSITION_CHOICES)}"
@@ -290,6 +303,10 @@ def resolve_judge(
         judge = load_learned_judge(path)
         if judge.kind != kind:
             raise ValueError(f"{path} holds a {judge.kind!r} judge, not a {kind!r} one: use {judge.kind}:{path}")
+    elif kind == "rm" and path:
+        from hybridrl.preference.reward_models import load_reward_judge
+
+        judge = load_reward_judge(path, device=device)
     else:
         raise ValueError(f"unknown judge {name!r}: choose one of {JUDGE_CHOICES}")
     if position_bias == "both":
