@@ -85,6 +85,10 @@ CASES = [
     Case("pref-out-below-a-file", "paths", "pref train dpo --model {tmp}/m --dataset {tmp}/pairs.jsonl "
          "--out {tmp}/afile/run", "afile is a file; pass another --out"),
     Case("eval-not-a-run-directory", "paths", "eval {tmp}/nowhere", "is not a run directory"),
+    Case("selfplay-rm-judge-missing", "paths", "pref selfplay inpo --model {tmp}/m --prompts {tmp}/pairs.jsonl "
+         "--judge rm:{tmp}/nowhere --out {tmp}/sp", "nowhere does not exist: pass a local model directory"),
+    Case("train-judge-rm-without-model", "paths", "pref train-judge rm --pairs {tmp}/pairs.jsonl --out {tmp}/rm",
+         "train-judge rm needs --model"),
     # datasets and grids
     Case("bench-unknown-dataset", "datasets", "bench custom --methods cql --datasets nope/x-v0 --steps 10 "
          "--out {tmp}/grid", "unknown dataset 'nope/x-v0'"),
@@ -105,6 +109,10 @@ CASES = [
          "--out {tmp}/pref", "number.jsonl, line 1: 'chosen' is a number (42)"),
     Case("selfplay-prompts-torn", "preference files", "pref selfplay inpo --model {tmp}/m --prompts {tmp}/torn.jsonl "
          "--out {tmp}/sp", "torn.jsonl, line 2: not valid JSON"),
+    Case("selfplay-prompts-missing", "preference files", "pref selfplay inpo --model {tmp}/m --prompts "
+         "{tmp}/nope.jsonl --out {tmp}/sp", "nope.jsonl does not exist; pass a .json, .jsonl, .parquet or .csv file"),
+    Case("selfplay-prompts-no-such-field", "preference files", "pref selfplay inpo --model {tmp}/m --prompts "
+         "{tmp}/pairs.jsonl --prompt-field question --out {tmp}/sp", "prompt rows have no 'question' field"),
     # run directories
     Case("run-directory-holds-another-run", "run directories", TINY_BC + " --hidden 4,4 --out {tmp}/done",
          "holds another run"),

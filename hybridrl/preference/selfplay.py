@@ -10,16 +10,16 @@ EGPO, Nash-MD, online IPO). Iteration ``t``:
    order is ``1 - p``), or every (policy, opponent) pair, with the oracle;
 3. **persist** answers and judgments atomically (``iterations/iter-TTTT.pt``) *before* any update, so a
    run killed later never asks the oracle again about them;
-4. **anchors**: log-probs of the answers under :math:`\pi_{ref}` (a frozen copy) and :math:`\pi_t` (the
-   policy itself before the update) are computed once, without gradient, and cached for the iteration:
-   no copy of the previous iterate is kept;
+4. **anchors**: log-probs of the answers under :math:`\pi_{ref}` (a frozen copy; with LoRA the base model,
+   the adapter disabled) and :math:`\pi_t` (the policy itself before the update) are computed once,
+   without gradient, and cached for the iteration: no copy of the previous iterate is kept;
 5. **targets**: the method turns the judgments into pairs of answers and per-pair targets;
 6. **update**: ``steps_per_iteration`` AdamW steps on the method's loss (``losses.LOSSES``), or, for a
    method whose loss has no anchor to :math:`\pi_t` (online IPO, Nash-MD), one step on all the fresh
    pairs, as their reference trainers (``SelfPlaySpec.one_step``);
    extragradient methods (EGPO, Nash-MP) first take the steps on targets against :math:`\pi_t`, reaching
    :math:`\pi_{t+1/2}`, sample opponents from it and judge the policy's answers against them (persisted too),
-   then **restore the parameters and the AdamW state** of :math:`\pi_t` and take the steps again on
+   then **restore the trainable parameters and their AdamW state** of :math:`\pi_t` and take the steps again on
    targets against :math:`\pi_{t+1/2}` (EGPO's LM trainer backs up the optimizer state for the same reason:
    undoing a step by its negative gradient is exact only for plain SGD);
 7. **checkpoint** (weights, optimizer, iteration) atomically.
@@ -27,12 +27,17 @@ EGPO, Nash-MD, online IPO). Iteration ``t``:
 Rerunning with the same ``out_dir`` resumes after the last checkpoint and reuses every persisted
 sample file; data order and sampling depend only on ``(seed, iteration, phase)``, so a resumed run
 reaches the same parameters as an uninterrupted one.
+
+Prompts are text or conversations (:mod:`hybridrl.preference.prompts`): the policy reads a conversation
+through its chat template, the judge reads the prompt as given. With LoRA (``lora_r > 0``) only the
+adapter trains: the reference is the base model with the adapter disabled (no copy of the weights), the
+extragradient backup holds the adapter and its AdamW state, checkpoints hold the adapter and the
+optimizer, and the final ``model/`` is the base with the adapter merged in, a plain model.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -50,8 +55,10 @@ from hybridrl.preference import selfplay_methods  # noqa: F401  (importing it re
 from hybridrl.preference.data import TokenizedPairs
 from hybridrl.preference.logprobs import collate, completion_logps, packing_mask_kind, pair_logps
 from hybridrl.preference.losses import PairLogps, resolve_loss
-from hybridrl.preference.models import disable_dropout
+from hybridrl.preference.models import AdapterDisabled, apply_lora, disable_dropout
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
+from hybridrl.preference.prompts import Prompt, encode_prompts, prompts_digest
+from hybridrl.preference.prompts import unique_prompts as unique_prompts  # its former home: scripts import it here
 from hybridrl.preference.sampling import sample_completions
 from hybridrl.preference.selfplay_spec import (
     SELFPLAY_METHODS,
@@ -100,6 +107,15 @@ class SelfPlayConfig:
     """Rows per sampling / anchor forward."""
     seed: int = 0
     """Seeds sampling, prompt draws and pair order."""
+    lora_r: int = 0
+    """LoRA rank through peft; 0 trains every weight. With LoRA the reference is the base model (adapter
+    disabled) and the saved model has the adapter merged in."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (peft's examples use 2r)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout (0 keeps the policy equal to the reference at the start)."""
+    lora_target_modules: tuple[str, ...] = ("all-linear",)
+    """Module names that get adapters; ("all-linear",) puts one on every linear layer but the output head."""
     device: str | None = None
     """cpu, cuda, cuda:N or None for automatic."""
     progress: bool = True
@@ -109,12 +125,17 @@ class SelfPlayConfig:
         for name in ("iterations", "samples_per_prompt", "steps_per_iteration", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or not self.lora_target_modules:
+            raise ValueError("need lora_r >= 0, lora_dropout in [0, 1) and at least one LoRA target module")
         if self.samples_per_prompt < 2:
             raise ValueError(f"samples_per_prompt must be at least 2 (pairs are judged), got {self.samples_per_prompt}")
         if self.prompts_per_iteration is not None and self.prompts_per_iteration < 1:
             raise ValueError(f"prompts_per_iteration must be at least 1 or None, got {self.prompts_per_iteration}")
         if self.learning_rate <= 0 or self.temperature <= 0:
             raise ValueError("learning_rate and temperature must be positive")
+
+
+LORA_SETTINGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -150,9 +171,11 @@ class SelfPlayTrainer:
         spec: the method (``resolve_selfplay_method``).
         method_config: its hyperparameters (``method_config(spec, overrides)``).
         config: run settings.
-        model: the policy (trained in place); ``ref_model``: the frozen reference :math:`\\pi_{ref}`.
-        tokenizer: encodes prompts and decodes answers for the judge.
-        prompts: prompt texts.
+        model: the policy (trained in place; with LoRA, wrapped by peft and merged at the end).
+        ref_model: the frozen reference :math:`\\pi_{ref}`; None takes a frozen copy of ``model``, and with
+            LoRA it must be None (the reference is then the base model with the adapter disabled).
+        tokenizer: encodes prompts (a conversation through its chat template) and decodes answers.
+        prompts: text or conversations (lists of role/content messages).
         judge: any :class:`~hybridrl.preference.oracles.PreferenceOracle`.
         out_dir: checkpoint, per-iteration samples, metrics.jsonl, config.json, and ``model/`` at the end.
     """
@@ -167,27 +190,41 @@ class SelfPlayTrainer:
         method_config: Any,
         config: SelfPlayConfig,
         model: PreTrainedModel,
-        ref_model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         judge: PreferenceOracle,
         out_dir: str | os.PathLike,
+        ref_model: PreTrainedModel | None = None,
     ) -> None:
         if not prompts:
             raise ValueError("no prompts to sample from")
         self.spec, self.method_config, self.config = spec, method_config, config
         self.loss_fn = resolve_loss(spec.loss)
         self.device = resolve_device(config.device)
+        self.lora = config.lora_r > 0
+        if self.lora and ref_model is not None:
+            raise ValueError("with LoRA the reference is the base model with the adapter disabled: pass no ref_model")
         disable_dropout(model)
-        disable_dropout(ref_model)
-        self.model = model.to(self.device)
-        self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
+        self.ref_model: torch.nn.Module
+        if self.lora:
+            targets = list(config.lora_target_modules)
+            with torch.random.fork_rng(devices=[]):  # the adapter's initial weights follow the run's seed
+                torch.manual_seed(config.seed)
+                model = apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                                   target_modules="all-linear" if targets == ["all-linear"] else targets)
+            self.model = model.to(self.device)
+            self.ref_model = AdapterDisabled(self.model)
+        else:
+            ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
+            disable_dropout(ref_model)
+            self.model = model.to(self.device)
+            self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token: sampled answers could never end")
         self.prompts = list(prompts)
-        self.prompt_ids: list[list[int]] = tokenizer(self.prompts)["input_ids"]
+        self.prompt_ids: list[list[int]] = encode_prompts(tokenizer, self.prompts)
         self.judge = judge
         self.out_dir = Path(out_dir)
         self.optimizer = torch.optim.AdamW(
@@ -214,12 +251,14 @@ class SelfPlayTrainer:
         More iterations extend a run, and where it runs or whether it shows a bar may change between
         reruns: those settings are left out.
         """
+        # without LoRA its settings mean nothing: left out, so that runs made before they existed resume
+        free = self.FREE_SETTINGS + (() if self.lora else LORA_SETTINGS)
         return {
             "method": self.spec.name,
             "method_config": asdict(self.method_config),
-            "run": {k: v for k, v in asdict(self.config).items() if k not in self.FREE_SETTINGS},
+            "run": {k: v for k, v in asdict(self.config).items() if k not in free},
             # persisted samples index into the prompt list: it must not change under a resumed run
-            "prompts_sha256": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest(),
+            "prompts_sha256": prompts_digest(self.prompts),
         }
 
     def _divergence(self, iteration: int, what: str) -> DivergenceError:
@@ -326,6 +365,43 @@ class SelfPlayTrainer:
         atomic_save({"opponent_completions": opponents, "opponent_preferences": preferences}, path)
         return preferences
 
+    # -- trainable state ---------------------------------------------------------------------------------
+
+    def _trainable_copy(self) -> dict[str, Tensor]:
+        """A copy of the parameters the optimizer moves (the adapter alone with LoRA): the extragradient
+        backup, which frozen weights never need."""
+        return {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def _restore_trainable(self, saved: dict[str, Tensor]) -> None:
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                p.copy_(saved[name])
+
+    def _model_state(self) -> dict[str, Tensor]:
+        """The checkpoint's weights: the adapter alone with LoRA (peft's keys), else the whole model."""
+        if self.lora:
+            from peft import get_peft_model_state_dict
+
+            return get_peft_model_state_dict(self.model)
+        return self.model.state_dict()
+
+    def _load_model_state(self, state: dict[str, Tensor]) -> None:
+        if self.lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, state)
+        else:
+            self.model.load_state_dict(state)
+
+    def save_model(self, path: Path) -> None:
+        """The policy and tokenizer as a plain HF model directory; with LoRA the adapter is merged into
+        the base weights first (the trainer's model is the merged one afterwards: call this last)."""
+        if self.lora and hasattr(self.model, "merge_and_unload"):
+            self.model = self.model.merge_and_unload()
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
     # -- update ----------------------------------------------------------------------------------------
 
     def anchors(self, samples: JudgedSamples) -> tuple[TokenizedPairs, Tensor, Tensor]:
@@ -416,7 +492,7 @@ class SelfPlayTrainer:
         sequences, ref, prev = self.anchors(samples)
         build = self.spec.build_targets
         if self.spec.extragradient:
-            start = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+            start = (self._trainable_copy(), copy.deepcopy(self.optimizer.state_dict()))
             if not self.samples_path(iteration, "opponents").exists():  # the half step only serves sampling
                 half_targets = build(samples.preferences, None, self.method_config)
                 half = self.update(sequences, ref, prev, half_targets, iteration=iteration, phase=0)
@@ -424,7 +500,7 @@ class SelfPlayTrainer:
                 if not bool(torch.isfinite(torch.stack(half)).all()):
                     raise self._divergence(iteration, "the half step's loss")
             opponents = self.collect_half_step_opponents(iteration, samples)
-            self.model.load_state_dict(start[0])
+            self._restore_trainable(start[0])
             self.optimizer.load_state_dict(start[1])  # AdamW moments too: the half step leaves no trace
             targets = build(samples.preferences, opponents, self.method_config)
             losses = self.update(sequences, ref, prev, targets, iteration=iteration, phase=1)
@@ -480,7 +556,7 @@ class SelfPlayTrainer:
                 last: dict[str, float] = {}
                 if session.resume_state is not None:
                     state = session.resume_state
-                    self.model.load_state_dict(state["model"])
+                    self._load_model_state(state["model"])
                     self.optimizer.load_state_dict(state["optimizer"])
                     self.iteration, last = int(state["step"]), dict(state["last"])
                     session.restore_rng()
@@ -490,20 +566,13 @@ class SelfPlayTrainer:
                     row["time/s"] = time.perf_counter() - began
                     last = session.flush(self.iteration, row)  # line "iteration": its index, from 0
                     self.iteration += 1
-                    state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    state = {"model": self._model_state(), "optimizer": self.optimizer.state_dict(),
                              "last": last}
                     session.save(self.iteration, state, check=state["model"])
                     session.advance()
-                self.model.save_pretrained(self.out_dir / "model")
-                self.tokenizer.save_pretrained(self.out_dir / "model")
+                self.save_model(self.out_dir / "model")
                 session.finish({"iterations": self.iteration, **last})
         finally:
             self._session = None
         return last
 
-
-def unique_prompts(rows: Sequence[dict]) -> list[str]:
-    """The distinct ``prompt`` values of jsonl rows, in first-seen order."""
-    if rows and "prompt" not in rows[0]:
-        raise ValueError("prompt file rows need a 'prompt' field (e.g. the task's test_prompts.jsonl)")
-    return list(dict.fromkeys(str(r["prompt"]) for r in rows))
