@@ -36,7 +36,8 @@ DISPLAY = {"sft": "SFT", "dpo": "DPO", "inpo": "INPO", "sppo": "SPPO", "nash_mp"
 def train_selfplay(task: Path, run_dir: Path, method: str, params: dict, cfg: dict, seed: int) -> dict:
     from hybridrl.preference.models import load_causal_lm, load_tokenizer
     from hybridrl.preference.oracles import MajorityJudge
-    from hybridrl.preference.selfplay import SelfPlayConfig, SelfPlayTrainer, resolve_selfplay_method, unique_prompts
+    from hybridrl.preference.prompts import unique_prompts
+    from hybridrl.preference.selfplay import SelfPlayConfig, SelfPlayTrainer, resolve_selfplay_method
     from hybridrl.preference.selfplay_spec import method_config
     from hybridrl.preference.task import read_jsonl
 

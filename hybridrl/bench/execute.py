@@ -143,7 +143,8 @@ def run_selfplay_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | 
 
     from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
     from hybridrl.preference.oracles import resolve_judge
-    from hybridrl.preference.selfplay import SelfPlayConfig, SelfPlayTrainer, resolve_selfplay_method, unique_prompts
+    from hybridrl.preference.prompts import unique_prompts
+    from hybridrl.preference.selfplay import SelfPlayConfig, SelfPlayTrainer, resolve_selfplay_method
     from hybridrl.preference.task import read_jsonl
 
     quiet_hf_libraries()

@@ -58,7 +58,6 @@ from hybridrl.preference.losses import PairLogps, resolve_loss
 from hybridrl.preference.models import AdapterDisabled, apply_lora, disable_dropout
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 from hybridrl.preference.prompts import Prompt, encode_prompts, prompts_digest
-from hybridrl.preference.prompts import unique_prompts as unique_prompts  # its former home: scripts import it here
 from hybridrl.preference.sampling import sample_completions
 from hybridrl.preference.selfplay_spec import (
     SELFPLAY_METHODS,
