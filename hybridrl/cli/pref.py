@@ -384,6 +384,25 @@ def selfplay_command(
     lora_target_modules: Annotated[
         str, typer.Option(help="Comma-separated module names with adapters, or all-linear.")
     ] = "all-linear",
+    micro_batch_size: Annotated[
+        int | None, typer.Option(help="Answer pairs per forward, gradients accumulated (default: the batch).")
+    ] = None,
+    mixed_precision: Annotated[str, typer.Option(help="no or bf16 (autocast of the training forward).")] = "no",
+    dtype: Annotated[
+        str, typer.Option(help="Weights' dtype when loading: float32, bfloat16 or float16 (GPU).")
+    ] = "float32",
+    attn_implementation: Annotated[
+        str | None, typer.Option(help="sdpa, eager, flash_attention_2, ... (default: transformers' choice).")
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations in the backward pass (less memory, more time).")
+    ] = False,
+    cpu_backups: Annotated[
+        bool, typer.Option(help="Keep the extragradient backup (weights, AdamW state) in host memory.")
+    ] = False,
+    report_to: Annotated[
+        list[str] | None, typer.Option(help="Also log to tensorboard and/or wandb (repeat).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: automatic).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over iterations.")] = True,
@@ -415,10 +434,16 @@ def selfplay_command(
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
             lora_target_modules=tuple(m.strip() for m in lora_target_modules.split(",") if m.strip()),
+            micro_batch_size=micro_batch_size,
+            mixed_precision=mixed_precision,  # type: ignore[arg-type]
+            gradient_checkpointing=gradient_checkpointing,
+            cpu_backups=cpu_backups,
+            report_to=tuple(report_to or ()),
             seed=seed,
             device=device,
             progress=progress,
         )
+        weights_dtype = _weights_dtype(dtype)
         prompt_list = _read_prompts(prompts, prompts_split, prompt_field)
         # a learned judge loads after the cheap checks, on the policy's device
         oracle = resolve_judge(judge, position_bias=position_bias, seed=seed, device=device)  # type: ignore[arg-type]
@@ -433,7 +458,8 @@ def selfplay_command(
             spec=spec,
             method_config=config,
             config=run_config,
-            model=load_causal_lm(model),  # the reference: a frozen copy, or with LoRA the adapter-free base
+            # the reference: a frozen copy, or with LoRA the adapter-free base
+            model=load_causal_lm(model, dtype=weights_dtype, attn_implementation=attn_implementation),
             tokenizer=load_tokenizer(model),
             prompts=prompt_list,
             judge=oracle,

@@ -43,7 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -55,7 +55,7 @@ from hybridrl.preference import selfplay_methods  # noqa: F401  (importing it re
 from hybridrl.preference.data import TokenizedPairs
 from hybridrl.preference.logprobs import collate, completion_logps, packing_mask_kind, pair_logps
 from hybridrl.preference.losses import PairLogps, resolve_loss
-from hybridrl.preference.models import AdapterDisabled, apply_lora, disable_dropout
+from hybridrl.preference.models import AdapterDisabled, apply_lora, disable_dropout, enable_gradient_checkpointing
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 from hybridrl.preference.prompts import Prompt, encode_prompts, prompts_digest
 from hybridrl.preference.sampling import sample_completions
@@ -92,6 +92,19 @@ class SelfPlayConfig:
     one step per iteration on all its pairs, as their reference trainers."""
     batch_size: int = 64
     """Answer pairs per optimizer step."""
+    micro_batch_size: int | None = None
+    """Answer pairs per forward inside a step, their gradients accumulated (None: the step's whole
+    batch). A sum over each micro-batch divided by the step's pairs: the same gradient, less memory."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """Autocast the training forward to bfloat16 (GPU; log-probs are taken in float32 regardless).
+    fp16 would need loss scaling and is not offered."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for long answers, one more forward."""
+    cpu_backups: bool = False
+    """Keep the extragradient backup (trainable weights and their AdamW state) in host memory instead
+    of on the device, for models whose optimizer state barely fits twice."""
+    report_to: tuple[str, ...] = ()
+    """Also send the metric lines to tensorboard (OUT/tb) and/or wandb."""
     learning_rate: float = 5e-7
     """AdamW step size (SPPO, INPO and EGPO use 5e-7 on 7B models; tiny models need far more)."""
     weight_decay: float = 0.0
@@ -132,6 +145,13 @@ class SelfPlayConfig:
             raise ValueError(f"prompts_per_iteration must be at least 1 or None, got {self.prompts_per_iteration}")
         if self.learning_rate <= 0 or self.temperature <= 0:
             raise ValueError("learning_rate and temperature must be positive")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be at least 1 or None, got {self.micro_batch_size}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}: use 'no' or 'bf16'")
+        unknown = set(self.report_to) - {"tensorboard", "wandb"}
+        if unknown:
+            raise ValueError(f"unknown report_to {sorted(unknown)}: choose from tensorboard, wandb")
 
 
 LORA_SETTINGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
@@ -179,8 +199,10 @@ class SelfPlayTrainer:
         out_dir: checkpoint, per-iteration samples, metrics.jsonl, config.json, and ``model/`` at the end.
     """
 
-    FREE_SETTINGS = ("iterations", "device", "progress")
-    """Run settings left out of the record: more iterations extend a run."""
+    FREE_SETTINGS = ("iterations", "device", "progress", "micro_batch_size", "gradient_checkpointing",
+                     "cpu_backups", "report_to")
+    """Run settings left out of the record: more iterations extend a run, and the others change how a
+    step is computed or reported, not what it computes."""
 
     def __init__(
         self,
@@ -204,6 +226,8 @@ class SelfPlayTrainer:
         if self.lora and ref_model is not None:
             raise ValueError("with LoRA the reference is the base model with the adapter disabled: pass no ref_model")
         disable_dropout(model)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.ref_model: torch.nn.Module
         if self.lora:
             targets = list(config.lora_target_modules)
@@ -251,7 +275,8 @@ class SelfPlayTrainer:
         reruns: those settings are left out.
         """
         # without LoRA its settings mean nothing: left out, so that runs made before they existed resume
-        free = self.FREE_SETTINGS + (() if self.lora else LORA_SETTINGS)
+        free = (self.FREE_SETTINGS + (() if self.lora else LORA_SETTINGS)
+                + (("mixed_precision",) if self.config.mixed_precision == "no" else ()))
         return {
             "method": self.spec.name,
             "method_config": asdict(self.method_config),
@@ -369,7 +394,20 @@ class SelfPlayTrainer:
     def _trainable_copy(self) -> dict[str, Tensor]:
         """A copy of the parameters the optimizer moves (the adapter alone with LoRA): the extragradient
         backup, which frozen weights never need."""
-        return {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
+        device = "cpu" if self.config.cpu_backups else None
+        return {name: p.detach().to(device, copy=True) for name, p in self.model.named_parameters()
+                if p.requires_grad}
+
+    def _optimizer_copy(self) -> dict[str, Any]:
+        """A copy of the AdamW state (moments, step counts), in host memory with ``cpu_backups``;
+        ``load_state_dict`` moves it back beside the parameters."""
+        state = self.optimizer.state_dict()
+        if not self.config.cpu_backups:
+            return copy.deepcopy(state)
+        return {"param_groups": copy.deepcopy(state["param_groups"]),
+                "state": {key: {name: value.detach().to("cpu", copy=True) if isinstance(value, Tensor) else value
+                                for name, value in slot.items()}
+                          for key, slot in state["state"].items()}}
 
     @torch.no_grad()
     def _restore_trainable(self, saved: dict[str, Tensor]) -> None:
@@ -442,6 +480,9 @@ class SelfPlayTrainer:
                 ]
             )
             steps = [[order[step * size : (step + 1) * size]] for step in range(self.config.steps_per_iteration)]
+        micro = self.config.micro_batch_size
+        if micro is not None:
+            steps = [[piece for rows in chunks for piece in rows.split(micro)] for chunks in steps]
         self.model.train()
         losses = []
         pack = packing_mask_kind(self.model) is not None  # both samples of a pair answer the same prompt
@@ -465,7 +506,8 @@ class SelfPlayTrainer:
     ) -> Tensor:
         """``[len(rows)]`` losses of the method on pairs ``rows`` of ``targets``, with gradient."""
         batch = collate(pairs, rows.tolist(), pad_token_id=self.pad_token_id, pack=pack).to(self.device)
-        logps, lengths = pair_logps(self.model, batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.mixed_precision == "bf16"):
+            logps, lengths = pair_logps(self.model, batch)
         half = rows.numel()
         first, second = targets.first[rows], targets.second[rows]
         extras = {"prev_chosen": prev[first], "prev_rejected": prev[second]}
@@ -491,7 +533,7 @@ class SelfPlayTrainer:
         sequences, ref, prev = self.anchors(samples)
         build = self.spec.build_targets
         if self.spec.extragradient:
-            start = (self._trainable_copy(), copy.deepcopy(self.optimizer.state_dict()))
+            start = (self._trainable_copy(), self._optimizer_copy())
             if not self.samples_path(iteration, "opponents").exists():  # the half step only serves sampling
                 half_targets = build(samples.preferences, None, self.method_config)
                 half = self.update(sequences, ref, prev, half_targets, iteration=iteration, phase=0)
@@ -541,6 +583,8 @@ class SelfPlayTrainer:
             progress=self.config.progress,
             step_key="iteration",
             rate_name=None,  # each line has its iteration's wall time instead
+            tensorboard="tensorboard" in self.config.report_to,
+            wandb="wandb" in self.config.report_to,
             map_location=self.device,
         )
         finished = session.finished

@@ -247,3 +247,33 @@ def test_unknown_method_and_parameter():
     with pytest.raises(ValueError, match="inpo has no parameter 'beta': choose one of eta, tau"):
         method_config(resolve_selfplay_method("inpo"), {"beta": "0.1"})
     assert method_config(resolve_selfplay_method("inpo"), {"eta": "4"}).eta == 4.0
+
+
+def test_micro_batches_checkpointing_and_host_backups_leave_an_egpo_run_unchanged(tiny_lm, text_rows, tmp_path,
+                                                                                  one_torch_thread):
+    """Gradient accumulation over micro-batches, activation recomputation and an extragradient backup
+    kept in host memory change how a step is computed, not what: the same weights after an iteration."""
+    plain = make_trainer(tiny_lm, text_rows, tmp_path / "plain", "egpo", CountingJudge(), iterations=1)
+    plain.run()
+    scaled = make_trainer(tiny_lm, text_rows, tmp_path / "scaled", "egpo", CountingJudge(), iterations=1,
+                          micro_batch_size=3, gradient_checkpointing=True, cpu_backups=True)
+    copies = []
+    original = scaled._optimizer_copy
+    scaled._optimizer_copy = lambda: copies.append(original()) or copies[-1]
+    scaled.run()
+    assert all(v.device.type == "cpu" for slot in copies[0]["state"].values() for v in slot.values()
+               if isinstance(v, torch.Tensor))
+    assert torch.allclose(params(plain.model), params(scaled.model), rtol=0, atol=1e-6)
+    # how a step is computed is not part of the run's record: the plain run's directory resumes with them
+    assert scaled.run_record() == plain.run_record()
+
+
+def test_bf16_autocast_trains_and_is_part_of_the_record(tiny_lm, text_rows, tmp_path, one_torch_thread):
+    trainer = make_trainer(tiny_lm, text_rows, tmp_path, "inpo", CountingJudge(), iterations=1, mixed_precision="bf16")
+    before = params(trainer.model).clone()
+    trainer.run()
+    after = params(trainer.model)
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
+    assert trainer.run_record()["run"]["mixed_precision"] == "bf16"
+    with pytest.raises(ValueError, match="unknown mixed_precision"):
+        SelfPlayConfig(mixed_precision="fp16")
