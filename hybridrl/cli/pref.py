@@ -353,7 +353,7 @@ JUDGE_HELP = "majority, weighted, bt:PATH, pairwise:PATH or rm:ID_OR_PATH (a rew
 
 @app.command("selfplay")
 def selfplay_command(
-    method: Annotated[str, typer.Argument(help="inpo, sppo, nash_mp, egpo, nash_md or online_ipo.")],
+    method: Annotated[str, typer.Argument(help="inpo, sppo, nash_mp, egpo, nash_md, online_ipo or online_dpo.")],
     model: Annotated[str, typer.Option(help="Initial policy and reference: HF model id or local directory.")],
     prompts: Annotated[str, typer.Option(help=PROMPTS_HELP)],
     out: Annotated[Path, typer.Option(help="Run directory; rerunning with it resumes.")],

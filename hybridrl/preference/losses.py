@@ -272,6 +272,19 @@ def online_ipo_loss(pair: PairLogps, config: Any) -> Tensor:
     return (margin - (_extra(pair, "preference", "online_ipo") - 0.5) / config.beta) ** 2
 
 
+def online_dpo_loss(pair: PairLogps, config: Any) -> Tensor:
+    r"""Online (iterative) DPO on the policy's own judged answers (Guo et al. 2024, arXiv 2402.04792; TRL's
+    ``OnlineDPOTrainer``): the DPO loss with the oracle's preference as the label,
+
+    :math:`-[p\log\sigma(eta\Delta) + (1-p)\log\sigma(-eta\Delta)]`, :math:`\Delta = r_1 - r_2`,
+    :math:`r = \log\pi_	heta - \log\pi_{ref}` summed over the answer (TRL's online trainers). A hard label
+    ``p = 1`` is DPO on (winner, loser); a soft one is its expectation over the oracle's coin. ``config.beta``.
+    """
+    margin = config.beta * _margin(pair.chosen_logratios, pair.rejected_logratios)
+    p = _extra(pair, "preference", "online_dpo")
+    return -(p * F.logsigmoid(margin) + (1.0 - p) * F.logsigmoid(-margin))
+
+
 def egpo_loss(pair: PairLogps, config: Any) -> Tensor:
     r"""EGPO's online-IPO loss (Zhou, Fazel, Du 2025, arXiv 2503.08942; OIPO1 in their code) with an
     explicit proximal term, so that its minimiser is one extragradient step of size ``config.eta``:
@@ -341,13 +354,14 @@ LOSSES: dict[str, PairLoss] = {
     "inpo": inpo_loss,
     "sppo": sppo_loss,
     "online_ipo": online_ipo_loss,
+    "online_dpo": online_dpo_loss,
     "egpo": egpo_loss,
     "nash_mp": nash_mp_loss,
     "nash_md": nash_md_loss,
 }
 """``loss_type`` name (TRL's names) -> per-pair loss. Extend with :func:`register_loss`."""
 
-SELFPLAY_LOSSES = frozenset({"inpo", "sppo", "online_ipo", "egpo", "nash_mp", "nash_md"})
+SELFPLAY_LOSSES = frozenset({"inpo", "sppo", "online_ipo", "online_dpo", "egpo", "nash_mp", "nash_md"})
 """Losses that need sampled answers and oracle targets (``selfplay``), not an offline pair dataset."""
 
 

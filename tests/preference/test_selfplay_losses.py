@@ -16,6 +16,7 @@ from hybridrl.preference.losses import (
     inpo_loss,
     nash_md_loss,
     nash_mp_loss,
+    online_dpo_loss,
     online_ipo_loss,
     resolve_loss,
     sppo_loss,
@@ -66,6 +67,20 @@ def test_sppo_hand_computed():
     config = SimpleNamespace(eta=2.0)
     p = pair((1.0, -1.0), (9.0, 9.0), prev_chosen=0.0, prev_rejected=-0.5, win_chosen=0.75, win_rejected=0.25)
     assert sppo_loss(p, config).item() == pytest.approx(0.5 * (0.5**2 + 0.0))
+
+
+def test_online_dpo_hand_computed():
+    import math
+
+    config = SimpleNamespace(beta=0.5)
+    # logratios (1 - 0.5) - (-1 - 0) = 1.5, times beta: 0.75; a hard label is DPO on (winner, loser)
+    p = pair((1.0, -1.0), (0.5, 0.0), preference=1.0)
+    assert online_dpo_loss(p, config).item() == pytest.approx(math.log1p(math.exp(-0.75)))
+    # a soft label 0.2: 0.2 * -log sigmoid(0.75) + 0.8 * -log sigmoid(-0.75)
+    p = pair((1.0, -1.0), (0.5, 0.0), preference=0.2)
+    expected = 0.2 * math.log1p(math.exp(-0.75)) + 0.8 * math.log1p(math.exp(0.75))
+    assert online_dpo_loss(p, config).item() == pytest.approx(expected)
+    assert resolve_loss("online_dpo") is online_dpo_loss and "online_dpo" in SELFPLAY_LOSSES
 
 
 def test_online_ipo_and_egpo_hand_computed():

@@ -5,6 +5,6 @@ Each file holds the method's config (paper defaults, one docstring per field), i
 ``preference.losses`` and the loop in ``preference.selfplay``.
 """
 
-from hybridrl.preference.selfplay_methods import egpo, inpo, nash_md, nash_mp, online_ipo, sppo
+from hybridrl.preference.selfplay_methods import egpo, inpo, nash_md, nash_mp, online_dpo, online_ipo, sppo
 
-__all__ = ["egpo", "inpo", "nash_md", "nash_mp", "online_ipo", "sppo"]
+__all__ = ["egpo", "inpo", "nash_md", "nash_mp", "online_dpo", "online_ipo", "sppo"]
