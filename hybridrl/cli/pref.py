@@ -45,6 +45,17 @@ def _run(body: Callable[[], Any]) -> Any:
         return body()
 
 
+# Options both trainers take.
+DtypeOption = Annotated[str, typer.Option(help="Weights' dtype when loading: float32, bfloat16 or float16 (GPU).")]
+AttentionOption = Annotated[
+    str | None, typer.Option(help="sdpa, eager, flash_attention_2, ... (default: transformers' choice).")
+]
+CheckpointingOption = Annotated[
+    bool, typer.Option(help="Recompute activations in the backward pass (less memory, more time).")
+]
+ReportOption = Annotated[list[str] | None, typer.Option(help="Also log to tensorboard and/or wandb (repeat).")]
+
+
 def _weights_dtype(name: str) -> torch.dtype:
     """--dtype NAME as a torch dtype; one line naming the choices otherwise."""
     choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -104,15 +115,9 @@ def train(
         int | None, typer.Option(help="Pairs per model call, grouped by length (CPU: 2 is fastest here).")
     ] = None,
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
-    dtype: Annotated[
-        str, typer.Option(help="Weights' dtype when loading: float32, bfloat16 or float16 (GPU).")
-    ] = "float32",
-    attn_implementation: Annotated[
-        str | None, typer.Option(help="sdpa, eager, flash_attention_2, ... (default: transformers' choice).")
-    ] = None,
-    gradient_checkpointing: Annotated[
-        bool, typer.Option(help="Recompute activations in the backward pass (less memory, more time).")
-    ] = False,
+    dtype: DtypeOption = "float32",
+    attn_implementation: AttentionOption = None,
+    gradient_checkpointing: CheckpointingOption = False,
     eval_split: Annotated[
         str | None, typer.Option(help="A split of the dataset to score during training (eval/loss...).")
     ] = None,
@@ -120,9 +125,7 @@ def train(
         float, typer.Option(help="Or hold out this fraction of the training split (seeded) as eval pairs.")
     ] = 0.0,
     eval_every: Annotated[int, typer.Option(help="Optimizer steps between evaluations (0: at the end).")] = 0,
-    report_to: Annotated[
-        list[str] | None, typer.Option(help="Also log to tensorboard and/or wandb (repeat).")
-    ] = None,
+    report_to: ReportOption = None,
     log_every: Annotated[int, typer.Option(help="Optimizer steps between metric lines.")] = 10,
     save_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = 500,
     resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoint.pt when present.")] = True,
@@ -388,21 +391,13 @@ def selfplay_command(
         int | None, typer.Option(help="Answer pairs per forward, gradients accumulated (default: the batch).")
     ] = None,
     mixed_precision: Annotated[str, typer.Option(help="no or bf16 (autocast of the training forward).")] = "no",
-    dtype: Annotated[
-        str, typer.Option(help="Weights' dtype when loading: float32, bfloat16 or float16 (GPU).")
-    ] = "float32",
-    attn_implementation: Annotated[
-        str | None, typer.Option(help="sdpa, eager, flash_attention_2, ... (default: transformers' choice).")
-    ] = None,
-    gradient_checkpointing: Annotated[
-        bool, typer.Option(help="Recompute activations in the backward pass (less memory, more time).")
-    ] = False,
+    dtype: DtypeOption = "float32",
+    attn_implementation: AttentionOption = None,
+    gradient_checkpointing: CheckpointingOption = False,
     cpu_backups: Annotated[
         bool, typer.Option(help="Keep the extragradient backup (weights, AdamW state) in host memory.")
     ] = False,
-    report_to: Annotated[
-        list[str] | None, typer.Option(help="Also log to tensorboard and/or wandb (repeat).")
-    ] = None,
+    report_to: ReportOption = None,
     seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: automatic).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over iterations.")] = True,

@@ -103,6 +103,14 @@ def pair_values(matrix: Tensor, first: Tensor, second: Tensor) -> Tensor:
     return matrix[first // k, first % k, second % k]
 
 
+def every_pair_targets(preferences: Tensor, opponents: Tensor | None, config: Any) -> PairTargets:
+    """Every pair i < j of a prompt's answers with P(y_i beats y_j) as its label (INPO, online IPO,
+    online DPO): ``K(K-1)/2`` pairs per prompt, each judgment used once."""
+    num_prompts, k, _ = preferences.shape
+    first, second = all_pairs(num_prompts, k)
+    return PairTargets(first, second, {"preference": pair_values(preferences, first, second)})
+
+
 def win_rates(self_preferences: Tensor, opponent_preferences: Tensor | None) -> Tensor:
     r"""``[P, K]`` estimates of :math:`P(y_i \succ \pi_s)`: the mean over the opponents' answers when given,
     else over the *other* answers of the same policy (leave-one-out, so unbiased for :math:`\pi_t`)."""

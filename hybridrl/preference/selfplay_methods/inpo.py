@@ -15,11 +15,8 @@ Deviations from the reference code (``inpo_original``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from torch import Tensor
-
-from hybridrl.preference.selfplay_spec import PairTargets, SelfPlaySpec, all_pairs, pair_values, register_selfplay
+from hybridrl.preference.selfplay_spec import SelfPlaySpec, every_pair_targets, register_selfplay
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,13 +33,6 @@ class INPOConfig:
             raise ValueError(f"need eta > 0 and 0 <= eta * tau <= 1, got eta={self.eta}, tau={self.tau}")
 
 
-def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) -> PairTargets:
-    """Every pair i < j of a prompt's answers, with P(y_i beats y_j) as the label probability."""
-    num_prompts, k, _ = preferences.shape
-    first, second = all_pairs(num_prompts, k)
-    return PairTargets(first, second, {"preference": pair_values(preferences, first, second)})
-
-
 register_selfplay(SelfPlaySpec(name="inpo",
         summary="INPO: online mirror descent on the regularized preference game (Zhang et al. 2024)",
-        config=INPOConfig, loss="inpo", build_targets=build_targets))
+        config=INPOConfig, loss="inpo", build_targets=every_pair_targets))

@@ -15,11 +15,8 @@ equal judge calls also feeds it every judgment.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from torch import Tensor
-
-from hybridrl.preference.selfplay_spec import PairTargets, SelfPlaySpec, all_pairs, pair_values, register_selfplay
+from hybridrl.preference.selfplay_spec import SelfPlaySpec, every_pair_targets, register_selfplay
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,15 +31,8 @@ class OnlineDPOConfig:
             raise ValueError(f"beta must be positive, got {self.beta}")
 
 
-def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) -> PairTargets:
-    """Every pair i < j of a prompt's answers with the oracle's P(i beats j) as its label."""
-    num_prompts, k, _ = preferences.shape
-    first, second = all_pairs(num_prompts, k)
-    return PairTargets(first, second, {"preference": pair_values(preferences, first, second)})
-
-
 register_selfplay(
     SelfPlaySpec(name="online_dpo",
         summary="Online iterative DPO on the policy's own judged answers (Guo et al. 2024), the judge-matched baseline",
-        config=OnlineDPOConfig, loss="online_dpo", build_targets=build_targets)
+        config=OnlineDPOConfig, loss="online_dpo", build_targets=every_pair_targets)
 )

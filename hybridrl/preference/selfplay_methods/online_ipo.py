@@ -21,11 +21,8 @@ summed scale.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from torch import Tensor
-
-from hybridrl.preference.selfplay_spec import PairTargets, SelfPlaySpec, all_pairs, pair_values, register_selfplay
+from hybridrl.preference.selfplay_spec import SelfPlaySpec, every_pair_targets, register_selfplay
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,15 +37,8 @@ class OnlineIPOConfig:
             raise ValueError(f"beta must be positive, got {self.beta}")
 
 
-def build_targets(preferences: Tensor, opponents: Tensor | None, config: Any) -> PairTargets:
-    """Every pair i < j of a prompt's answers with its preference."""
-    num_prompts, k, _ = preferences.shape
-    first, second = all_pairs(num_prompts, k)
-    return PairTargets(first, second, {"preference": pair_values(preferences, first, second)})
-
-
 register_selfplay(
     SelfPlaySpec(name="online_ipo",
         summary="Online IPO: IPO on the policy's own judged answers (Calandriello et al. 2024)",
-        config=OnlineIPOConfig, loss="online_ipo", build_targets=build_targets, one_step=True)
+        config=OnlineIPOConfig, loss="online_ipo", build_targets=every_pair_targets, one_step=True)
 )
