@@ -230,17 +230,22 @@ def make_task_command(
     out: Annotated[Path, typer.Argument(help="Directory for sft_model/, pairs.jsonl, test_prompts.jsonl.")],
     seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
     sft_steps: Annotated[int, typer.Option(help="SFT warm-up steps.")] = 800,
-    test_prompts: Annotated[int, typer.Option(help="Held-out prompts.")] = 400,
+    test_prompts: Annotated[int, typer.Option(help="Held-out prompts for reported win rates.")] = 400,
+    validation_prompts: Annotated[
+        int, typer.Option(help="Held-out prompts for tuning (validation_prompts.jsonl), drawn before the test ones.")
+    ] = 0,
 ) -> None:
     """Build the synthetic judged task: tiny SFT model + preference pairs labelled by the judge."""
 
     def body() -> None:
         from hybridrl.preference.task import TaskConfig, make_task
 
-        summary = make_task(out, TaskConfig(seed=seed, sft_steps=sft_steps, num_test_prompts=test_prompts))
+        summary = make_task(out, TaskConfig(seed=seed, sft_steps=sft_steps, num_test_prompts=test_prompts,
+                                            num_validation_prompts=validation_prompts))
         typer.echo(
             f"task in {out}: {summary['num_pairs']} pairs from {summary['num_train_prompts']} prompts, "
-            f"{summary['num_test_prompts']} held-out prompts, SFT judge score "
+            f"{summary['num_validation_prompts']} validation and {summary['num_test_prompts']} test prompts, "
+            "SFT judge score "
             f"{summary['sft_mean_judge_score']:.2f}/{summary['max_judge_score']:.0f}"
         )
 
@@ -253,24 +258,28 @@ def eval_task_command(
     task: Annotated[Path, typer.Option(help="Task directory from make-task.")],
     seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
     samples_per_prompt: Annotated[int, typer.Option(help="Answers sampled per prompt and model.")] = 4,
+    split: Annotated[str, typer.Option(help="test, or validation (to choose hyperparameters on).")] = "test",
 ) -> None:
-    """Win rate of MODEL against the task's SFT model on held-out prompts, and diversity."""
+    """Win rate of MODEL against the task's SFT model on held-out prompts, its KL to that model, and diversity."""
 
     def body() -> None:
         import json
 
         from hybridrl.preference.models import load_causal_lm, load_tokenizer
         from hybridrl.preference.task import evaluate_against, read_jsonl
+        from hybridrl.preference.winrate import kl_to_reference
 
-        prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")]
-        result = evaluate_against(
-            load_causal_lm(model),
-            load_causal_lm(task / "sft_model"),
-            load_tokenizer(task / "sft_model"),
-            prompts,
-            seed=seed,
-            samples_per_prompt=samples_per_prompt,
-        )
+        if split not in ("test", "validation"):
+            raise ValueError(f"unknown --split {split!r}: use test or validation")
+        path = task / f"{split}_prompts.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: make the task with --validation-prompts N")
+        prompts = [row["prompt"] for row in read_jsonl(path)]
+        policy, sft = load_causal_lm(model), load_causal_lm(task / "sft_model")
+        tokenizer = load_tokenizer(task / "sft_model")
+        result = evaluate_against(policy, sft, tokenizer, prompts, seed=seed, samples_per_prompt=samples_per_prompt)
+        result.update(kl_to_reference(policy, sft, tokenizer, prompts, seed=seed,
+                                      samples_per_prompt=samples_per_prompt))
         typer.echo(json.dumps(result, indent=2))
 
     _run(body)

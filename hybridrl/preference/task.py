@@ -305,9 +305,12 @@ class TaskConfig:
     seed: int = 0
     """Seeds the prompt split, the teacher, the model init and the sampling."""
     num_test_prompts: int = 400
-    """Held-out prompts for win-rate evaluation."""
+    """Held-out prompts for the reported win rates (test_prompts.jsonl)."""
+    num_validation_prompts: int = 0
+    """Held-out prompts for choosing hyperparameters (validation_prompts.jsonl), drawn before the test
+    prompts: 200 validation and 200 test prompts hold out the same 400 prompts as the default."""
     num_train_prompts: int | None = None
-    """Training prompts (None: all 1,920 - num_test_prompts others)."""
+    """Training prompts (None: all 1,920 - the held-out others)."""
     demonstrations_per_prompt: int = 4
     """Teacher answers per training prompt for the SFT warm-up."""
     sft_steps: int = 800
@@ -319,7 +322,8 @@ class TaskConfig:
 
 
 def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> dict:
-    """Build the task into ``out_dir``: sft_model/, pairs.jsonl, test_prompts.jsonl, task.json."""
+    """Build the task into ``out_dir``: sft_model/, pairs.jsonl, test_prompts.jsonl (and
+    validation_prompts.jsonl when asked for), task.json."""
     from hybridrl.core.seeding import seed_everything
     from hybridrl.preference.models import (
         TinyLMConfig,
@@ -334,7 +338,9 @@ def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> d
     rng = random.Random(config.seed)
     prompts = all_prompts()
     rng.shuffle(prompts)
-    test, train = prompts[: config.num_test_prompts], prompts[config.num_test_prompts :]
+    held_out = config.num_validation_prompts + config.num_test_prompts
+    validation, test = prompts[: config.num_validation_prompts], prompts[config.num_validation_prompts : held_out]
+    train = prompts[held_out:]
     train = train[: config.num_train_prompts] if config.num_train_prompts is not None else train
 
     demo_prompts = [p.text for p in train for _ in range(config.demonstrations_per_prompt)]
@@ -367,11 +373,16 @@ def make_task(out_dir: str | os.PathLike, config: TaskConfig | None = None) -> d
     atomic_write_text(
         out / "test_prompts.jsonl", "".join(json.dumps({"prompt": p.text}) + "\n" for p in test)
     )
+    if validation:
+        atomic_write_text(
+            out / "validation_prompts.jsonl", "".join(json.dumps({"prompt": p.text}) + "\n" for p in validation)
+        )
     sft_scores = [judge.score(p, r) for p, r in zip(train_texts, samples[0], strict=True)]
     summary = {
         "config": asdict(config),
         "num_train_prompts": len(train),
         "num_test_prompts": len(test),
+        "num_validation_prompts": len(validation),
         "num_pairs": len(rows),
         "ties_dropped": ties,
         "sft_final_loss": float(np.mean(sft_losses[-20:])),

@@ -145,3 +145,43 @@ def format_matrix(matrix: Mapping[str, Any]) -> str:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def kl_to_reference(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    *,
+    seed: int,
+    samples_per_prompt: int = 4,
+    max_new_tokens: int = 12,
+    batch_size: int = 512,
+) -> dict[str, float]:
+    r"""Monte-Carlo :math:`KL(\pi \| \pi_{ref})` per answer on ``prompts``, in nats.
+
+    Answers :math:`y \sim \pi(\cdot|x)` are sampled at temperature 1 (seeded), and the estimate is the mean
+    of :math:`\log\pi(y|x) - \log\pi_{ref}(y|x)` summed over each answer's tokens, with its standard error
+    over prompts (answers to one prompt correlate). A policy that wins by drifting far from its reference
+    shows it here: report it next to the win rate.
+    """
+    import torch
+
+    from hybridrl.preference.logprobs import completion_logps
+    from hybridrl.preference.prompts import encode_prompts
+    from hybridrl.preference.sampling import sample_completions
+
+    device = next(policy.parameters()).device
+    prompt_ids = [ids for ids in encode_prompts(tokenizer, prompts) for _ in range(samples_per_prompt)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    completions = sample_completions(
+        policy, prompt_ids, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, max_new_tokens=max_new_tokens,
+        temperature=1.0, generator=torch.Generator(device=device).manual_seed(seed), batch_size=batch_size,
+    )
+    sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
+    lengths = [len(p) for p in prompt_ids]
+    ratio = (completion_logps(policy, sequences, lengths, pad_token_id=pad, batch_size=batch_size)
+             - completion_logps(reference, sequences, lengths, pad_token_id=pad, batch_size=batch_size))
+    per_prompt = ratio.double().reshape(len(prompts), samples_per_prompt).mean(dim=1)
+    stderr = float(per_prompt.std() / len(prompts) ** 0.5) if len(prompts) > 1 else float("nan")
+    return {"kl": float(per_prompt.mean()), "kl_stderr": stderr}

@@ -204,6 +204,25 @@ def test_make_task_small(tmp_path):
     test_prompts = {r["prompt"] for r in read_jsonl(tmp_path / "test_prompts.jsonl")}
     assert len(test_prompts) == 8 and not train_prompts & test_prompts
     assert (tmp_path / "sft_model" / "tokenizer.json").exists()
+    assert not (tmp_path / "validation_prompts.jsonl").exists()
+
+
+def test_make_task_validation_prompts_split_the_held_out_prompts(tmp_path):
+    """Validation and test prompts are disjoint from each other and from training, and 4 + 4 of them hold
+    out the same 8 prompts (and so train on the same pairs) as 8 test prompts alone."""
+    from hybridrl.preference.task import TaskConfig, make_task, read_jsonl
+
+    sizes = dict(num_train_prompts=24, sft_steps=5, samples_per_prompt=2, hidden_size=16)
+    make_task(tmp_path / "test-only", TaskConfig(num_test_prompts=8, **sizes))
+    summary = make_task(tmp_path / "split", TaskConfig(num_test_prompts=4, num_validation_prompts=4, **sizes))
+
+    def prompts(task, name):
+        return [r["prompt"] for r in read_jsonl(tmp_path / task / name)]
+
+    validation, test = prompts("split", "validation_prompts.jsonl"), prompts("split", "test_prompts.jsonl")
+    assert summary["num_validation_prompts"] == len(validation) == 4 and len(test) == 4
+    assert validation + test == prompts("test-only", "test_prompts.jsonl")
+    assert prompts("split", "pairs.jsonl") == prompts("test-only", "pairs.jsonl")
 
 
 def test_sharded_accelerate_configs_are_refused_in_one_line():
@@ -229,8 +248,22 @@ def test_train_with_held_out_eval_pairs_cosine_checkpointing_and_dtype(tiny_lm, 
     assert [row["step"] for row in rows if "eval/loss" in row] == [3, 6]
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["lr_schedule"] == "cosine" and config["train"]["gradient_checkpointing"]
-    total = sum(1 for _ in open(pairs_file))
+    total = len(pairs_file.read_text().splitlines())
     assert config["num_pairs"] == total - round(0.25 * total)
     one_line(invoke(*train_args(tiny_lm, pairs_file, tmp_path / "bad", "--dtype", "float8")), 2, "unknown --dtype")
     one_line(invoke(*train_args(tiny_lm, pairs_file, tmp_path / "bad", "--eval-fraction", 1.5)), 2,
              "--eval-fraction must be in [0, 1)")
+
+
+def test_make_task_and_eval_task_on_the_validation_split(tmp_path):
+    task = tmp_path / "task"
+    result = invoke("make-task", task, "--sft-steps", 5, "--test-prompts", 3, "--validation-prompts", 3)
+    assert result.exit_code == 0, result.output
+    assert "3 validation and 3 test prompts" in result.stdout
+    result = invoke("eval-task", "--model", task / "sft_model", "--task", task, "--split", "validation",
+                    "--samples-per-prompt", 2)
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert 0 <= scores["win_rate"] <= 1 and scores["kl"] == 0.0  # the SFT model against itself: no drift
+    one_line(invoke("eval-task", "--model", task / "sft_model", "--task", task, "--split", "train"), 2,
+             "unknown --split 'train'")

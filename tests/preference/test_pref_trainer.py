@@ -280,7 +280,7 @@ def test_gradient_checkpointing_leaves_the_steps_unchanged(tiny_lm, pairs_and_to
 
 
 def test_eval_pairs_are_scored_against_the_reference_and_logged(tiny_lm, pairs_and_tokenizer, tmp_path):
-    pairs, tokenizer = pairs_and_tokenizer
+    pairs = pairs_and_tokenizer[0]
     trainer = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "run", steps=4, eval_every=2)
     trainer.eval_pairs = pairs
     trainer.prepare_reference()

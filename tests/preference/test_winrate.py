@@ -68,3 +68,37 @@ def test_exact_tabular_matrix_rock_paper_scissors():
     assert np.allclose(win[3], 0.5) and m["ci_low"] == m["win_rate"] and list(m) == list(MATRIX_KEYS)
     with pytest.raises(ValueError, match="probability vector"):
         exact_winrate_matrix(P, [np.array([1.0, 1.0, 0.0]), rock], ["x", "y"])
+
+
+def test_kl_to_reference_is_zero_for_the_reference_and_matches_the_exact_kl(tiny_lm):
+    """Zero for the reference itself; for another policy, the Monte-Carlo estimate agrees with the
+    exact KL of one-token answers (max_new_tokens=1: a sum over the vocabulary)."""
+    import torch
+
+    from hybridrl.preference.models import load_causal_lm, load_tokenizer
+    from hybridrl.preference.prompts import encode_prompts
+    from hybridrl.preference.winrate import kl_to_reference
+
+    tokenizer = load_tokenizer(tiny_lm[0])
+    reference = load_causal_lm(tiny_lm[0])
+    prompts = ["write about cats :", "count to three :"]
+    same = kl_to_reference(reference, reference, tokenizer, prompts, seed=0, samples_per_prompt=8)
+    assert same["kl"] == 0.0
+    policy = load_causal_lm(tiny_lm[0])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    estimate = kl_to_reference(policy, reference, tokenizer, prompts, seed=0, samples_per_prompt=20000,
+                               max_new_tokens=1, batch_size=8000)
+    exact = []
+    for ids in encode_prompts(tokenizer, prompts):
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            log_p = policy(x).logits[0, -1].log_softmax(-1)
+            log_q = reference(x).logits[0, -1].log_softmax(-1)
+        exact.append(float((log_p.exp() * (log_p - log_q)).sum()))
+    expected = sum(exact) / len(exact)
+    assert expected > 0.01
+    # 40000 one-token answers: the Monte-Carlo error is about 3% of the KL here
+    assert estimate["kl"] == pytest.approx(expected, rel=0.12)
