@@ -5,7 +5,8 @@ behaviour policies, so the factory's output is shipped (about 4 MB):
 
 - ``minari/hybridrl/hopper/medium-quick-v0``: 20k transitions of the factory's Hopper-v5 medium
   policy (SAC stopped at a third of D4RL's expert return; the ``--small`` preset, seed 0);
-- ``pref-task/``: the synthetic judged preference task (tiny SFT model, pairs, held-out prompts).
+- ``pref-task/``: the synthetic judged preference task (tiny SFT model, pairs, 200 validation prompts
+  for choosing settings and 200 test prompts for reporting).
 
 ``MANIFEST.json`` holds every file's SHA-256 and the exact commands that made them; regenerate with
 
@@ -38,7 +39,7 @@ DATASETS = {"hybridrl/hopper/medium-quick-v0": ("hopper", "medium", 20_000)}
 """Bundled Minari id -> (factory task, quality, transitions)."""
 REGENERATE = [
     "hybridrl data make hopper medium --small --transitions 20000 --seed 0 --id hybridrl/hopper/medium-quick-v0",
-    "hybridrl pref make-task pref-task --seed 0",
+    "hybridrl pref make-task pref-task --seed 0 --validation-prompts 200 --test-prompts 200",
 ]
 
 
@@ -133,7 +134,7 @@ def regenerate() -> None:
                 del os.environ["MINARI_DATASETS_PATH"]
             else:
                 os.environ["MINARI_DATASETS_PATH"] = previous
-        make_task(Path(tmp) / "pref-task", TaskConfig(seed=0))
+        make_task(Path(tmp) / "pref-task", TaskConfig(seed=0, num_validation_prompts=200, num_test_prompts=200))
         shutil.rmtree(MINARI_DIR, ignore_errors=True)
         shutil.rmtree(PREF_TASK, ignore_errors=True)
         for dataset_id in DATASETS:
