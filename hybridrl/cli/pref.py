@@ -111,6 +111,9 @@ def train(
         str, typer.Option(help="precompute (cached) or model (a forward per step).")
     ] = "precompute",
     lora_r: Annotated[int, typer.Option(help="LoRA rank (0: full fine-tuning).")] = 0,
+    merge_lora: Annotated[
+        bool, typer.Option(help="With LoRA, save OUT/model merged into the base weights (else the adapter alone).")
+    ] = True,
     pairs_per_forward: Annotated[
         int | None, typer.Option(help="Pairs per model call, grouped by length (CPU: 2 is fastest here).")
     ] = None,
@@ -180,6 +183,7 @@ def train(
             mixed_precision=mixed_precision,  # type: ignore[arg-type]
             reference=reference,
             lora_r=lora_r,
+            merge_lora=merge_lora,
             pairs_per_forward=pairs_per_forward,
             log_every=log_every,
             save_every=save_every,  # type: ignore[arg-type]

@@ -66,7 +66,7 @@ from hybridrl.preference.models import apply_lora, disable_dropout, enable_gradi
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-FREE_SETTINGS = ("device", "progress", "log_every", "save_every", "eval_every", "report_to")
+FREE_SETTINGS = ("device", "progress", "log_every", "save_every", "eval_every", "report_to", "merge_lora")
 """Train settings left out of a run's record: a rerun may change them and still resume."""
 
 
@@ -121,6 +121,9 @@ class TrainConfig:
     """LoRA scaling numerator (peft's examples use 2r)."""
     lora_dropout: float = 0.0
     """LoRA dropout (0 keeps the policy equal to the reference at step 0)."""
+    merge_lora: bool = True
+    """With LoRA, save OUT/model with the adapter merged into the base weights (a plain model that loads
+    without peft); False saves the adapter alone (peft's format). Checkpoints hold the adapter either way."""
     log_every: int = 10
     """Steps between metric lines (TRL logging_steps default)."""
     eval_every: int = 0
@@ -460,10 +463,15 @@ class PairwiseTrainer:
         self.step = int(state["step"])
 
     def save_model(self, path: str | os.PathLike | None = None) -> Path:
-        """Save the policy (the adapter alone with LoRA) and tokenizer as an HF model directory."""
+        """Save the policy and tokenizer as an HF model directory: with LoRA, merged into the base weights
+        (``merge_lora``; the trainer's model is the merged one afterwards, so call this last) or the
+        adapter alone."""
         path = Path(path) if path is not None else self.out_dir / "model"
         if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.model).save_pretrained(path)
+            model = self.accelerator.unwrap_model(self.model)
+            if self.config.lora_r > 0 and self.config.merge_lora:
+                model = model.merge_and_unload()
+            model.save_pretrained(path)
             self.tokenizer.save_pretrained(path)
         return path
 

@@ -108,10 +108,18 @@ def test_reference_model_mode_equals_precomputed(tiny_lm, pairs_and_tokenizer, t
 def test_lora_trains_only_the_adapter(tiny_lm, pairs_and_tokenizer, tmp_path):
     pytest.importorskip("peft")
     trainer = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path, steps=2, lora_r=4)
-    trainer.train()
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert (tmp_path / "model" / "adapter_config.json").exists()
+    trainer.train()
+    # saved merged: a plain model whose weights moved from the initial ones, no adapter files
+    assert not (tmp_path / "model" / "adapter_config.json").exists()
+    merged, initial = load_causal_lm(tmp_path / "model"), load_causal_lm(tiny_lm[0])
+    assert not any("lora_" in name for name in merged.state_dict())
+    assert any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(), initial.state_dict().values(),
+                                                      strict=True))
+    adapter_only = make_trainer(tiny_lm, pairs_and_tokenizer, tmp_path / "adapter", steps=2, lora_r=4, merge_lora=False)
+    adapter_only.train()
+    assert (tmp_path / "adapter" / "model" / "adapter_config.json").exists()
 
 
 def test_empty_dataset_is_a_clear_error(tiny_lm, pairs_and_tokenizer, tmp_path):
