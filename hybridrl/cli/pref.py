@@ -364,7 +364,8 @@ PROMPTS_HELP = (
     "text or a list of {role, content} messages (duplicates are dropped)."
 )
 PROMPT_FIELD_HELP = "Column holding the prompts (default: prompt, else messages)."
-JUDGE_HELP = "majority, weighted, bt:PATH, pairwise:PATH or rm:ID_OR_PATH (a reward model, on --device)."
+JUDGE_HELP = ("majority, weighted, bt:PATH, pairwise:PATH, rm:ID_OR_PATH (a reward model) or lm:ID_OR_PATH "
+              "(a causal LM asked which answer is better), on --device.")
 
 
 @app.command("selfplay")

@@ -22,7 +22,7 @@ word embeddings of the prompt and of each answer, their product, and the answer 
 train on a CPU from the task's ``pairs.jsonl``; no download.
 
 :func:`resolve_judge` maps a command-line name (``majority``, ``weighted``, ``bt:PATH``,
-``pairwise:PATH``, ``rm:ID_OR_PATH``) to a judge.
+``pairwise:PATH``, ``rm:ID_OR_PATH``, ``lm:ID_OR_PATH``) to a judge.
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def load_learned_judge(path: str | os.PathLike) -> LearnedJudge:
 # ---------------------------------------------------------------------------------------------------
 # Registry
 
-JUDGE_CHOICES = "majority, weighted, bt:PATH, pairwise:PATH, rm:ID_OR_PATH"
+JUDGE_CHOICES = "majority, weighted, bt:PATH, pairwise:PATH, rm:ID_OR_PATH, lm:ID_OR_PATH"
 POSITION_CHOICES = ("none", "both", "flip")
 
 
@@ -287,7 +287,8 @@ def resolve_judge(
 ) -> PreferenceOracle:
     """The judge called ``name`` (see :data:`JUDGE_CHOICES`), optionally wrapped against position bias.
 
-    ``rm:ID_OR_PATH`` loads a reward model (HF id or local directory) onto ``device`` (None: automatic).
+    ``rm:ID_OR_PATH`` loads a reward model and ``lm:ID_OR_PATH`` a causal LM asked which answer is better
+    (HF id or local directory), onto ``device`` (None: automatic).
     """
     if position_bias not in POSITION_CHOICES:
         raise ValueError(
@@ -307,6 +308,10 @@ def resolve_judge(
         from hybridrl.preference.reward_models import load_reward_judge
 
         judge = load_reward_judge(path, device=device)
+    elif kind == "lm" and path:
+        from hybridrl.preference.lm_judge import load_lm_judge
+
+        judge = load_lm_judge(path, device=device)
     else:
         raise ValueError(f"unknown judge {name!r}: choose one of {JUDGE_CHOICES}")
     if position_bias == "both":

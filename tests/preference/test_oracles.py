@@ -124,3 +124,36 @@ def test_relabel_pairs_follows_the_judge_and_drops_ties():
             {"prompt": "r", "chosen": "cc", "rejected": "dd"}]
     assert relabel_pairs(FirstLonger(), rows) == [{"prompt": "p", "chosen": "aa", "rejected": "a"},
                                                   {"prompt": "q", "chosen": "bbb", "rejected": "b"}]
+
+
+def test_lm_judge_reads_the_labels_next_token_probabilities(tiny_lm):
+    """lm:PATH: P(first beats second) is the softmax of the two labels' next-token logits after the judge's
+    instruction, batched with padding exactly as one pair at a time; swapping the answers swaps the labels'
+    roles in the instruction (a different question, so no symmetry is asserted)."""
+    import torch
+
+    from hybridrl.preference.lm_judge import LMJudge, judge_prompt_ids
+    from hybridrl.preference.models import load_causal_lm, load_tokenizer
+    from hybridrl.preference.oracles import resolve_judge
+
+    tokenizer = load_tokenizer(tiny_lm[0])
+    model = load_causal_lm(tiny_lm[0])
+    labels = ("red", "blue")  # words the tiny task's vocabulary knows
+    judge = LMJudge(model=model, tokenizer=tokenizer, labels=labels, batch_size=2)
+    prompts = ["write about the fox", [{"role": "user", "content": "write three colors"}], "write about bread"]
+    firsts, seconds = [" the red fox", " red blue", " bread"], [" a fox", " green and white and black", " corn"]
+    batched = judge.preference_batch(prompts, firsts, seconds)
+    for prompt, first, second, p in zip(prompts, firsts, seconds, batched, strict=True):
+        ids = torch.tensor([judge_prompt_ids(tokenizer, prompt, first, second, labels)])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1, list(judge.label_ids)]
+        assert p == pytest.approx(float(logits.softmax(-1)[0]), abs=1e-5)
+        assert judge.preference(prompt, first, second) == pytest.approx(p, abs=1e-5)
+    assert ((batched > 0) & (batched < 1)).all()
+    with pytest.raises(ValueError, match="has no token for the label"):
+        LMJudge(model=model, tokenizer=tokenizer, labels=("zzqx", "B"))
+    with pytest.raises(ValueError, match="begin with the same token"):
+        LMJudge(model=model, tokenizer=tokenizer, labels=("red", "red"))
+    # lm:PATH loads the model as a judge with the labels A and B, which this tiny vocabulary lacks
+    with pytest.raises(ValueError, match="no token for the label 'A'"):
+        resolve_judge(f"lm:{tiny_lm[0]}", device="cpu")
