@@ -87,6 +87,12 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.finish()
 
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 WANDB_ID = "wandb_id"
 """The file in a run directory that keeps its W&B run id, so a resumed run continues the same W&B run."""
@@ -109,12 +115,6 @@ def start_wandb(out_dir: str | os.PathLike, config: dict[str, Any]) -> Any:
         run_id = uuid.uuid4().hex[:16]
         atomic_write_text(id_file, run_id + "\n")
     return wandb.init(id=run_id, resume="allow", name=out_dir.name, dir=str(out_dir), config=config)
-
-    def __enter__(self) -> MetricsLogger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 _TORN = object()  # marks a line that is not JSON
