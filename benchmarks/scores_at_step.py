@@ -28,6 +28,8 @@ def scores_at_step(grids: list[str], step: int, key: str = "eval/normalized_scor
         for run in load_runs(grid):
             if run.spec is None or run.spec.get("kind") not in RL_KINDS:
                 continue
+            if not any(key in m for m in run.metrics):
+                continue  # a metric the method does not log (BC has no critic)
             row = table[(run.spec["method"], run.spec.get("dataset") or run.spec.get("env"))]
             found = [m[key] for m in run.metrics if m.get("step") == step and key in m]
             if not found:
@@ -43,15 +45,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("grids", nargs="+", help="grid directories (hybridrl bench --out)")
     parser.add_argument("--step", type=int, required=True, help="the evaluation step to read")
+    parser.add_argument("--key", default="eval/normalized_score",
+                        help="the evaluation metric, e.g. eval/q_start_gap (Q(s0, pi) - discounted return)")
     args = parser.parse_args(argv)
-    table = scores_at_step(args.grids, args.step)
-    print(f"normalized score at step {args.step}: mean ± sd over seeds (n, budgets of the runs)")
+    table = scores_at_step(args.grids, args.step, args.key)
+    print(f"{args.key} at step {args.step}: mean ± sd over seeds (n, budgets of the runs)")
     for (method, dataset), row in sorted(table.items(), key=lambda item: (item[0][1], item[0][0])):
         scores = row["scores"]
         if scores:
             sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
             budgets = ",".join(str(b) for b in sorted(b for b in row["budgets"] if b is not None))
-            print(f"{dataset:<40} {method:<8} {statistics.mean(scores):6.1f} ± {sd:4.1f}  "
+            print(f"{dataset:<40} {method:<8} {statistics.mean(scores):7.1f} ± {sd:5.1f}  "
                   f"(n={len(scores)}, runs of {budgets})")
         if row["missing"]:
             print(f"{dataset:<40} {method:<8} no evaluation at this step: {', '.join(row['missing'])}")
