@@ -110,13 +110,16 @@ def wait_for(path, proc):
 def test_ctrl_c_prints_one_line_saying_what_is_saved_and_how_to_resume(store, tmp_path):
     env = {**os.environ, "MINARI_DATASETS_PATH": str(store), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
+    # A shell that runs the tests in the background (`make test &`) starts them with SIGINT ignored, which
+    # the child would inherit (and Python then installs no KeyboardInterrupt handler): give it Ctrl-C back.
     proc = subprocess.Popen(cli("train", "bc", "--dataset", TINY_DATASET, "--steps", 10_000_000, "--out", out,
                                 "--checkpoint-every", 50, "--log-every", 50, "--device", "cpu", "--no-progress",
                                 "--hidden", "8,8", "--batch-size", 16),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(out / "checkpoint.pt", proc)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=600)  # a bound, not a speed goal: a loaded CI machine is slow
+    _, stderr = proc.communicate(timeout=300)  # a bound, not a speed goal: a loaded CI machine is slow
     lines = [line for line in stderr.decode().splitlines() if line.strip()]
     assert proc.returncode == 130 and len(lines) == 1, stderr.decode()
     assert "interrupted" in lines[0] and "is saved" in lines[0] and "rerun the same command" in lines[0]
