@@ -5,7 +5,7 @@ for 20k, read every run's evaluation at step 10k (the longer runs evaluated ther
 
     python benchmarks/scores_at_step.py runs/bench/offline-20k runs/bench/offline-10k --step 10000
 
-prints one row per (method, dataset): mean ± sd over seeds of the normalized score evaluated at that
+prints one row per (method, dataset): mean ± sd (ddof=0, as the report) over seeds of the score evaluated at that
 step, the number of seeds, and the runs' full budgets. Runs that did not evaluate at the step (or have
 not reached it) are listed as missing. A run's score at step N of a longer run is not always the score
 of a run of N steps: methods whose schedules span the run (IQL's cosine actor decay) were at a higher
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     for (method, dataset), row in sorted(table.items(), key=lambda item: (item[0][1], item[0][0])):
         scores = row["scores"]
         if scores:
-            sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
+            sd = statistics.pstdev(scores)  # ddof=0, as the report
             budgets = ",".join(str(b) for b in sorted(b for b in row["budgets"] if b is not None))
             print(f"{dataset:<40} {method:<8} {statistics.mean(scores):7.1f} ± {sd:5.1f}  "
                   f"(n={len(scores)}, runs of {budgets})")
