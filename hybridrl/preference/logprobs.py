@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -118,21 +118,27 @@ def cached_reference_logps(
     batch_size: int = 64,
     device: torch.device | None = None,
     shard: tuple[int, int] = (0, 1),
+    share_prompt: bool = True,
+    pack: bool = False,
+    gather: Callable[[Tensor], Tensor] | None = None,
+    save: bool = True,
     key: str | None = None,
 ) -> tuple[Tensor, bool]:
     """Reference log-probs from ``cache_dir`` if this model and data were seen before, else computed, saved.
 
-    Returns the ``[N, 2]`` table (this shard's rows only when sharded, see
-    :func:`compute_reference_logps`) and whether it came from the cache.
+    Returns the ``[N, 2]`` table and whether it came from the cache. Sharded, each process computes its
+    rows (:func:`compute_reference_logps`) and ``gather`` (e.g. a sum over processes) assembles the
+    whole table; only a whole table is written, and only where ``save`` (the main process).
     """
     key = key or fingerprint(model, pairs)
     path = Path(cache_dir) / f"ref_logps-{key}.pt"
     if path.exists():
         return load_checkpoint(path)["ref_logps"], True
-    table = compute_reference_logps(
-        model, pairs, pad_token_id=pad_token_id, batch_size=batch_size, device=device, shard=shard
-    )
-    if shard[1] == 1:
+    table = compute_reference_logps(model, pairs, pad_token_id=pad_token_id, batch_size=batch_size, device=device,
+                                    shard=shard, share_prompt=share_prompt, pack=pack)
+    if gather is not None:
+        table = gather(table)
+    if save and (shard[1] == 1 or gather is not None):
         atomic_save({"ref_logps": table, "key": key}, path)
     return table, False
 

@@ -47,15 +47,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from hybridrl.core.checkpoint import atomic_save, load_checkpoint
 from hybridrl.core.seeding import seed_everything
 from hybridrl.core.session import CHECKPOINT, Session
 from hybridrl.preference.data import TokenizedPairs
 from hybridrl.preference.logprobs import (
     AnyPairBatch,
+    cached_reference_logps,
     collate,
-    compute_reference_logps,
-    fingerprint,
     packing_mask_kind,
     pair_logps,
     reference_mode,
@@ -291,25 +289,23 @@ class PairwiseTrainer:
 
     def _reference_table(self, reference: torch.nn.Module, pairs: TokenizedPairs) -> torch.Tensor:
         """[N, 2] reference log-probs of ``pairs`` on the device: from the cache, else one pass."""
-        key = fingerprint(reference, pairs)
-        path = self.out_dir / f"ref_logps-{key}.pt"
-        if path.exists():
-            return load_checkpoint(path)["ref_logps"].to(self.device)
-        shard = (self.accelerator.process_index, self.accelerator.num_processes)
-        table = compute_reference_logps(
+        gather = None
+        if self.accelerator.num_processes > 1:
+            def gather(table: torch.Tensor) -> torch.Tensor:
+                return self.accelerator.reduce(table.to(self.device), reduction="sum").cpu()
+        table, _ = cached_reference_logps(
             reference,
             pairs,
+            self.out_dir,
             pad_token_id=self.pad_token_id,
             batch_size=self.config.reference_batch_size or self.config.batch_size,
             device=self.device,
-            shard=shard,
+            shard=(self.accelerator.process_index, self.accelerator.num_processes),
             share_prompt=self.config.share_prompt and self.accelerator.num_processes == 1,
             pack=self.pack,
+            gather=gather,
+            save=self.accelerator.is_main_process,
         )
-        if self.accelerator.num_processes > 1:
-            table = self.accelerator.reduce(table.to(self.device), reduction="sum").cpu()
-        if self.accelerator.is_main_process:
-            atomic_save({"ref_logps": table, "key": key}, path)
         return table.to(self.device)
 
     def _reference_logps(self, batch: AnyPairBatch, table: torch.Tensor | None = None) -> torch.Tensor:
