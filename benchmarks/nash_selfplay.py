@@ -60,9 +60,7 @@ def optimizer_steps(method: str, cfg: dict) -> int:
         return cfg["iterations"] * cfg["steps_per_iteration"]
     from hybridrl.preference.selfplay import resolve_selfplay_method
 
-    spec = resolve_selfplay_method(method)
-    per_phase = 1 if spec.one_step else cfg["steps_per_iteration"]
-    return cfg["iterations"] * per_phase * (2 if spec.extragradient else 1)
+    return resolve_selfplay_method(method).optimizer_steps(cfg["iterations"], cfg["steps_per_iteration"])
 
 
 def train(task: Path, run_dir: Path, method: str, candidate: dict, cfg: dict, seed: int) -> dict[str, Any]:

@@ -62,6 +62,12 @@ class SelfPlaySpec:
     averages the gradient over every pair of the iteration (accumulated over ``batch_size`` minibatches),
     so the run's learning rate alone sets its size; ``steps_per_iteration`` does not apply."""
 
+    def optimizer_steps(self, iterations: int, steps_per_iteration: int) -> int:
+        """Optimizer steps of a whole run: one per phase for one-step methods, ``steps_per_iteration``
+        per phase otherwise, and two phases per iteration for extragradient methods."""
+        per_phase = 1 if self.one_step else steps_per_iteration
+        return iterations * per_phase * (2 if self.extragradient else 1)
+
 
 SELFPLAY_METHODS: dict[str, SelfPlaySpec] = {}
 """Method name -> spec; filled by the modules of :mod:`hybridrl.preference.selfplay_methods`."""
