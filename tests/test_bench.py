@@ -280,7 +280,12 @@ def test_preference_and_selfplay_runs_and_their_win_rate_matrix(tmp_path):
         scores = read_scores(tmp_path / run.run_id)
         low, high = scores["win_rate_ci"]
         assert 0 <= low <= scores["score"] <= high <= 1 and scores["judge"] == "majority"
-    assert read_scores(tmp_path / runs[1].run_id)["judge_calls"] > 0
+    pairwise, selfplay = (read_scores(tmp_path / run.run_id) for run in runs)
+    # every pair of the task relabelled once; self-play: 16 prompts x 4 answers, 6 pairs each
+    assert pairwise["judge_calls"] == 2883 and selfplay["judge_calls"] == 16 * 6
+    assert (pairwise["optimizer_steps"], selfplay["optimizer_steps"]) == (3, 2)
+    for scores in (pairwise, selfplay):
+        assert scores["kl_to_sft"] > 0 and scores["kl_to_sft_stderr"] >= 0
     # evaluation settings never leak into training: self-play samples its own K answers per prompt
     run = json.loads((tmp_path / runs[1].run_id / "config.json").read_text())["run"]
     assert run["samples_per_prompt"] == suites.preset("selfplay")["settings"]["samples_per_prompt"]

@@ -314,3 +314,27 @@ def test_the_gap_plot_exists_once():
 
     for source in Path(hybridrl.preference.__file__).parent.rglob("*.py"):
         assert not re.search(r"^\s*(import|from) matplotlib", source.read_text(), re.MULTILINE), source
+
+
+def test_model_runs_report_kl_steps_and_judge_calls_beside_each_win_rate(tmp_path):
+    def model_scores(kind: str, method: str, seed: int, win: float, kl: float | None, calls: int) -> dict[str, Any]:
+        extra = {} if kl is None else {"kl_to_sft": kl}
+        return {"kind": kind, "method": method, "dataset": "toy", "seed": seed, "metric": "win_rate_vs_sft",
+                "score": win, "wall_s": 1.0, "optimizer_steps": 300, "judge_calls": calls, **extra}
+
+    for seed, (win, kl) in enumerate([(0.8, 1.0), (0.9, 2.0), (0.7, 3.0)]):
+        write_run(tmp_path, f"sppo-s{seed}", kind="selfplay", method="sppo", dataset="toy", seed=seed,
+                  scores=model_scores("selfplay", "sppo", seed, win, kl, 30720))
+    # a run written before KL was measured, and seeds that disagree on judge calls
+    write_run(tmp_path, "dpo-s0", kind="preference", method="dpo", dataset="toy",
+              scores=model_scores("preference", "dpo", 0, 0.7, None, 2883))
+    write_run(tmp_path, "dpo-s1", kind="preference", method="dpo", dataset="toy", seed=1,
+              scores=model_scores("preference", "dpo", 1, 0.6, 1.5, 2900))
+    report = build_report(tmp_path)
+    text = report.report_md.read_text()
+    assert "| sppo | toy | 0.800 ± 0.082 | 2.00 ± 0.82 | 300 | 30720 | 3 |" in text
+    assert "| dpo | toy | 0.650 ± 0.050 | — | 300 | 2883-2900 | 2 |" in text
+    terminal = report.table_text()
+    assert "KL to SFT" in terminal and "0.800 ± 0.082" in terminal and "30720" in terminal
+    csv_lines = (report.out_dir / "preference.csv").read_text().splitlines()
+    assert csv_lines[0] == "method,task,win rate vs SFT,KL to SFT,optimizer steps,judge calls,seeds"

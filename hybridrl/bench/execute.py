@@ -104,6 +104,7 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
     task = _pref_task(spec.dataset)
     tokenizer = load_tokenizer(task / "sft_model")
     rows = load_preference_dataset(task / "pairs.jsonl")
+    judge_calls = len(rows)  # every pair judged once, when the task was made or here (ties then dropped)
     if settings.labels != "task":
         rows = relabel_pairs(resolve_judge(settings.labels), rows)
     pairs, _ = tokenize_pairs(rows, tokenizer)
@@ -116,23 +117,30 @@ def run_preference_spec(spec: RunSpec, run_dir: Path, device: str, threads: int 
         out_dir=run_dir)
     last = trainer.train(resume=True)
     return {**_versus_sft(run_dir / "model", task, settings, spec.seed),
-            "tokens_per_s": last.get("time/tokens_per_s"), "final_loss": last.get("loss"),
-            "train_accuracy": last.get("rewards/accuracies")}
+            "judge_calls": judge_calls,
+            "optimizer_steps": spec.steps, "tokens_per_s": last.get("time/tokens_per_s"),
+            "final_loss": last.get("loss"), "train_accuracy": last.get("rewards/accuracies")}
 
 
 def _versus_sft(model_dir: Path, task: Path, settings: PreferenceEval, seed: int) -> dict[str, Any]:
-    """Win rate of a trained model over the task's SFT model on held-out prompts, and its diversity."""
+    """Win rate of a trained model over the task's SFT model on held-out test prompts, its KL to the SFT
+    model (the reference every method regularises toward: a win bought by drifting far shows here) and
+    its diversity."""
     from hybridrl.preference.models import load_causal_lm, load_tokenizer
     from hybridrl.preference.oracles import resolve_judge
     from hybridrl.preference.task import evaluate_against, read_jsonl
+    from hybridrl.preference.winrate import kl_to_reference
 
     prompts = [row["prompt"] for row in read_jsonl(task / "test_prompts.jsonl")][: settings.eval_prompts]
-    result = evaluate_against(load_causal_lm(model_dir), load_causal_lm(task / "sft_model"),
-                              load_tokenizer(task / "sft_model"), prompts, seed=10_000 + seed,
+    policy, sft = load_causal_lm(model_dir), load_causal_lm(task / "sft_model")
+    tokenizer = load_tokenizer(task / "sft_model")
+    result = evaluate_against(policy, sft, tokenizer, prompts, seed=10_000 + seed,
                               judge=resolve_judge(settings.judge), samples_per_prompt=settings.eval_samples)
+    kl = kl_to_reference(policy, sft, tokenizer, prompts, seed=10_000 + seed, samples_per_prompt=settings.eval_samples)
     p = result["win_rate"]
     return {"metric": "win_rate_vs_sft", "score": p, "win_rate_ci": list(_interval(p, len(prompts))),
             "judge": settings.judge, "num_comparisons": result["num_comparisons"],
+            "kl_to_sft": kl["kl"], "kl_to_sft_stderr": kl["kl_stderr"],
             **{k: result[k] for k in ("distinct_1", "distinct_2", "entropy")}}
 
 
@@ -141,6 +149,7 @@ def run_selfplay_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | 
     _require_lm()
     import torch
 
+    from hybridrl.core.logging import read_metrics
     from hybridrl.preference.models import load_causal_lm, load_tokenizer, quiet_hf_libraries
     from hybridrl.preference.oracles import resolve_judge
     from hybridrl.preference.prompts import unique_prompts
@@ -163,7 +172,10 @@ def run_selfplay_spec(spec: RunSpec, run_dir: Path, device: str, threads: int | 
         tokenizer=load_tokenizer(task / "sft_model"), prompts=unique_prompts(read_jsonl(task / "pairs.jsonl")),
         judge=resolve_judge(settings.judge), out_dir=run_dir)
     trainer.run()
-    return {**_versus_sft(run_dir / "model", task, settings, spec.seed), "judge_calls": trainer.judge_calls}
+    # every iteration's judgments, whether asked in this process or before an interruption
+    judge_calls = int(sum(row["judge_calls"] for row in read_metrics(run_dir / "metrics.jsonl")))
+    return {**_versus_sft(run_dir / "model", task, settings, spec.seed), "judge_calls": judge_calls,
+            "optimizer_steps": method.optimizer_steps(spec.steps, settings.steps_per_iteration)}
 
 
 def _interval(p: float, prompts: int) -> tuple[float, float]:

@@ -8,9 +8,17 @@ from pathlib import Path
 
 from hybridrl.bench.report.aggregates import Aggregates, compute_aggregates
 from hybridrl.bench.report.plots import Figures, import_pyplot
-from hybridrl.bench.report.runs import RL_KINDS, RunRecord, load_runs
+from hybridrl.bench.report.runs import MODEL_KINDS, RL_KINDS, RunRecord, load_runs
 from hybridrl.bench.report.sections import Page, provenance_section, runs_by_section, status_section
-from hybridrl.bench.report.tables import ScoreCell, fmt, group_scores, score_cells, text_table
+from hybridrl.bench.report.tables import (
+    MODEL_SCORE_HEADERS,
+    ScoreCell,
+    fmt,
+    group_scores,
+    model_scores,
+    score_cells,
+    text_table,
+)
 from hybridrl.core.checkpoint import atomic_write_text
 
 
@@ -42,8 +50,12 @@ class Report:
             text = text_table(["method", "dataset", "metric", "mean ± std", "seeds"], rows)
         else:
             text = "No offline or online run finished.\n"
-        # preference, self-play, games and throughput runs: their headline score per method
-        others = group_scores([r for r in self.finished if r.spec["kind"] not in (*RL_KINDS, "winrate")])
+        models = model_scores(self.finished)
+        if models:
+            text += "\n" + text_table(MODEL_SCORE_HEADERS, models)
+        # games and throughput runs: their headline score per method
+        others = group_scores([r for r in self.finished
+                               if r.spec["kind"] not in (*RL_KINDS, *MODEL_KINDS, "winrate")])
         if others:
             text += "\n" + text_table(["method", "dataset", "metric", "mean ± std", "n"], others)
         text += (f"{len(self.finished)} finished, {len(self.partial)} partial, {len(self.corrupted)} corrupted;"

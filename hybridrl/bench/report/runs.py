@@ -30,6 +30,8 @@ from hybridrl.core.session import METRICS
 RUN_FILES = (SPEC, SCORES, METRICS, ENVIRONMENT)
 
 RL_KINDS = ("offline", "online", "hybrid")
+MODEL_KINDS = ("preference", "selfplay")
+"""Kinds whose run trains a language model and scores it against the task's SFT model."""
 RATE_KEYS = ("updates_per_s", "tokens_per_s")
 
 Status = Literal["finished", "partial", "corrupted"]

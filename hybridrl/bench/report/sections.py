@@ -25,14 +25,15 @@ from hybridrl.bench.report.plots import (
 )
 from hybridrl.bench.report.runs import RATE_KEYS, RunRecord, finite, is_number, read_json
 from hybridrl.bench.report.tables import (
+    MODEL_SCORE_HEADERS,
     SCORE_CSV_HEADERS,
     ScoreCell,
     csv_number,
     csv_text,
     fmt,
     fmt_g,
-    group_scores,
     md_table,
+    model_scores,
     rl_runs,
     score_rows,
     scores_markdown,
@@ -153,9 +154,11 @@ def preference_section(runs: list[RunRecord], page: Page) -> str:
     if not runs:
         return ""
     text = "## Preference\n\n"
-    rows = group_scores([run for run in runs if run.spec["kind"] in ("preference", "selfplay")])
+    rows = model_scores(runs)
     if rows:
-        text += md_table(["method", "task", "metric", "mean ± std", "n"], rows)
+        text += ("Against the task's SFT model on its test prompts: win rate (ties count one half) and KL(policy"
+                 " ‖ SFT) per answer in nats, mean ± std over seeds; the training's optimizer steps and judge"
+                 " calls.\n\n" + md_table(MODEL_SCORE_HEADERS, rows))
     long_rows: list[list[str]] = []
     for run in runs:
         if run.scores.get("win_rate_matrix") is None:
@@ -163,7 +166,7 @@ def preference_section(runs: list[RunRecord], page: Page) -> str:
         text += _win_rate_table(run, long_rows)
         if page.figs is not None:
             text += f"\n{_image(f'win rates {run.run_id}', plot_win_rates(page.figs, run))}\n"
-    page.files["preference.csv"] = csv_text(["method", "task", "metric", "mean ± std", "n"], rows)
+    page.files["preference.csv"] = csv_text(MODEL_SCORE_HEADERS, rows)
     if long_rows:
         page.files["win_rates.csv"] = csv_text(
             ["run_id", "player", "opponent", "win_rate", "ci_low", "ci_high", "num_comparisons"], long_rows)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hybridrl.bench.report.runs import RL_KINDS, RunRecord, finite, is_number
+from hybridrl.bench.report.runs import MODEL_KINDS, RL_KINDS, RunRecord, finite, is_number
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,36 @@ def group_scores(runs: Sequence[RunRecord]) -> list[list[Any]]:
     return [[m, d, metric, mean_std(v), len(v)] for (m, d, metric), v in sorted(groups.items())]
 
 
-def mean_std(values: Sequence[float]) -> str:
-    """Three decimals, or three significant digits when the mean is below 0.01 (duality gaps)."""
+MODEL_SCORE_HEADERS = ("method", "task", "win rate vs SFT", "KL to SFT", "optimizer steps", "judge calls", "seeds")
+
+
+def model_scores(runs: Sequence[RunRecord]) -> list[list[Any]]:
+    """Rows under :data:`MODEL_SCORE_HEADERS` for the language-model runs: win rate over the SFT model
+    and KL(policy || SFT) per answer in nats, mean ± std over seeds, beside the training's optimizer
+    steps and judge calls (a win rate alone hides how far a method drifted and how much it asked)."""
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        if run.usable and run.spec["kind"] in MODEL_KINDS and finite(run.scores["score"]) is not None:
+            groups[run.spec["method"], run.spec["dataset"]].append(run)
+    rows = []
+    for (method, dataset), group in sorted(groups.items()):
+        kls = [finite(r.scores.get("kl_to_sft")) for r in group]
+        rows.append([method, dataset, mean_std([r.scores["score"] for r in group]),
+                     mean_std([v for v in kls if v is not None], digits=2) if None not in kls else "—",
+                     _same_or_range([r.scores.get("optimizer_steps") for r in group]),
+                     _same_or_range([r.scores.get("judge_calls") for r in group]), len(group)])
+    return rows
+
+
+def _same_or_range(values: Sequence[Any]) -> str:
+    """One count when the seeds agree, "low-high" when not, "—" when a run lacks it."""
+    if not values or not all(is_number(v) for v in values):
+        return "—"
+    low, high = int(min(values)), int(max(values))
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """``digits`` decimals, or three significant digits when the mean is below 0.01 (duality gaps)."""
     mean, std = float(np.mean(values)), float(np.std(values))
-    return f"{mean:.3g} ± {std:.2g}" if 0 < abs(mean) < 0.01 else f"{fmt(mean, 3)} ± {fmt(std, 3)}"
+    return f"{mean:.3g} ± {std:.2g}" if 0 < abs(mean) < 0.01 else f"{fmt(mean, digits)} ± {fmt(std, digits)}"
