@@ -33,23 +33,33 @@ through its chat template, the judge reads the prompt as given. With LoRA (``lor
 adapter trains: the reference is the base model with the adapter disabled (no copy of the weights), the
 extragradient backup holds the adapter and its AdamW state, checkpoints hold the adapter and the
 optimizer, and the final ``model/`` is the base with the adapter merged in, a plain model.
+
+Scaling (run settings in :mod:`hybridrl.preference.selfplay_config`):
+
+- **several processes** under ``accelerate launch --multi_gpu`` or ``torchrun`` (data-parallel; see
+  :mod:`hybridrl.preference.selfplay_parallel`): each process samples and judges its shard of the
+  prompts, all of them train on the gathered samples with gradients summed over the processes, so a
+  step is the one-process step on the same global batch; only the main process writes files;
+- **mixed precision**: bf16 autocast, or fp16 autocast with loss scaling (CUDA);
+- **learning-rate schedule**: constant (the default), linear or cosine after a warm-up, over the run's
+  kept optimizer steps or each iteration's; the extragradient restore puts its count back too.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
-from hybridrl.core.seeding import resolve_device
 from hybridrl.core.session import CHECKPOINT, DivergenceError, Session
 from hybridrl.preference import selfplay_methods  # noqa: F401  (importing it registers every method)
 from hybridrl.preference.data import TokenizedPairs
@@ -59,6 +69,8 @@ from hybridrl.preference.models import AdapterDisabled, apply_lora, disable_drop
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 from hybridrl.preference.prompts import Prompt, encode_prompts, prompts_digest
 from hybridrl.preference.sampling import sample_completions
+from hybridrl.preference.selfplay_config import LORA_SETTINGS, SCHEDULE_SETTINGS, SelfPlayConfig, lr_factor
+from hybridrl.preference.selfplay_parallel import join_shards, make_processes
 from hybridrl.preference.selfplay_spec import (
     SELFPLAY_METHODS,
     PairTargets,
@@ -75,86 +87,6 @@ def resolve_selfplay_method(name: str) -> SelfPlaySpec:
     if name not in SELFPLAY_METHODS:
         raise ValueError(f"unknown self-play method {name!r}: choose one of {', '.join(SELFPLAY_METHODS)}")
     return SELFPLAY_METHODS[name]
-
-
-@dataclass(frozen=True, kw_only=True)
-class SelfPlayConfig:
-    """Run settings shared by every self-play method (the method's own hyperparameters live in its file)."""
-
-    iterations: int = 3
-    """Outer iterations (SPPO and INPO use 3)."""
-    samples_per_prompt: int = 4
-    """Answers K sampled per prompt and iteration (SPPO 5, INPO 8)."""
-    prompts_per_iteration: int | None = None
-    """Prompts drawn (seeded) per iteration; None uses every prompt every iteration."""
-    steps_per_iteration: int = 20
-    """Optimizer steps per iteration (per phase for extragradient methods); online IPO and Nash-MD take
-    one step per iteration on all its pairs, as their reference trainers."""
-    batch_size: int = 64
-    """Answer pairs per optimizer step."""
-    micro_batch_size: int | None = None
-    """Answer pairs per forward inside a step, their gradients accumulated (None: the step's whole
-    batch). A sum over each micro-batch divided by the step's pairs: the same gradient, less memory."""
-    mixed_precision: Literal["no", "bf16"] = "no"
-    """Autocast the training forward to bfloat16 (GPU; log-probs are taken in float32 regardless).
-    fp16 would need loss scaling and is not offered."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory for long answers, one more forward."""
-    cpu_backups: bool = False
-    """Keep the extragradient backup (trainable weights and their AdamW state) in host memory instead
-    of on the device, for models whose optimizer state barely fits twice."""
-    report_to: tuple[str, ...] = ()
-    """Also send the metric lines to tensorboard (OUT/tb) and/or wandb."""
-    learning_rate: float = 5e-7
-    """AdamW step size (SPPO, INPO and EGPO use 5e-7 on 7B models; tiny models need far more)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm (EGPO uses 1.0)."""
-    temperature: float = 1.0
-    """Sampling temperature (INPO 1.0)."""
-    max_new_tokens: int = 64
-    """Longest sampled answer (TRL's online trainers default to 64)."""
-    sample_batch_size: int = 256
-    """Rows per sampling / anchor forward."""
-    seed: int = 0
-    """Seeds sampling, prompt draws and pair order."""
-    lora_r: int = 0
-    """LoRA rank through peft; 0 trains every weight. With LoRA the reference is the base model (adapter
-    disabled) and the saved model has the adapter merged in."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator (peft's examples use 2r)."""
-    lora_dropout: float = 0.0
-    """LoRA dropout (0 keeps the policy equal to the reference at the start)."""
-    lora_target_modules: tuple[str, ...] = ("all-linear",)
-    """Module names that get adapters; ("all-linear",) puts one on every linear layer but the output head."""
-    device: str | None = None
-    """cpu, cuda, cuda:N or None for automatic."""
-    progress: bool = True
-    """Show a progress bar over iterations."""
-
-    def __post_init__(self) -> None:
-        for name in ("iterations", "samples_per_prompt", "steps_per_iteration", "batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or not self.lora_target_modules:
-            raise ValueError("need lora_r >= 0, lora_dropout in [0, 1) and at least one LoRA target module")
-        if self.samples_per_prompt < 2:
-            raise ValueError(f"samples_per_prompt must be at least 2 (pairs are judged), got {self.samples_per_prompt}")
-        if self.prompts_per_iteration is not None and self.prompts_per_iteration < 1:
-            raise ValueError(f"prompts_per_iteration must be at least 1 or None, got {self.prompts_per_iteration}")
-        if self.learning_rate <= 0 or self.temperature <= 0:
-            raise ValueError("learning_rate and temperature must be positive")
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be at least 1 or None, got {self.micro_batch_size}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}: use 'no' or 'bf16'")
-        unknown = set(self.report_to) - {"tensorboard", "wandb"}
-        if unknown:
-            raise ValueError(f"unknown report_to {sorted(unknown)}: choose from tensorboard, wandb")
-
-
-LORA_SETTINGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -221,7 +153,11 @@ class SelfPlayTrainer:
             raise ValueError("no prompts to sample from")
         self.spec, self.method_config, self.config = spec, method_config, config
         self.loss_fn = resolve_loss(spec.loss)
-        self.device = resolve_device(config.device)
+        self.processes = make_processes(config.device)
+        self.device = self.processes.device
+        if config.mixed_precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"mixed_precision 'fp16' needs a CUDA device, not {self.device.type} (float16 "
+                             "autocast and loss scaling are for GPUs): use 'bf16' or 'no'")
         self.lora = config.lora_r > 0
         if self.lora and ref_model is not None:
             raise ValueError("with LoRA the reference is the base model with the adapter disabled: pass no ref_model")
@@ -255,9 +191,29 @@ class SelfPlayTrainer:
             lr=config.learning_rate,
             weight_decay=config.weight_decay,
         )
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor())
+        # disabled (every call a pass-through) unless fp16: float16 gradients underflow without scaling
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.mixed_precision == "fp16")
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.iteration = 0
         self.judge_calls = 0
         self._session: Session | None = None
+
+    def _lr_factor(self) -> Callable[[int], float]:
+        """Step -> learning-rate multiplier, for ``LambdaLR`` (which counts the optimizer steps kept)."""
+        config = self.config
+        per_iteration = 1 if self.spec.one_step else config.steps_per_iteration
+        span = per_iteration * (1 if config.lr_schedule_span == "iteration" else config.iterations)
+        warmup = math.ceil(span * config.warmup_ratio)
+        if warmup >= span:
+            raise ValueError(f"warmup_ratio {config.warmup_ratio} warms up all {span} optimizer steps of the "
+                             "schedule (the rate never leaves 0): lower it")
+        restart = config.lr_schedule_span == "iteration"
+
+        def factor(step: int) -> float:  # a plain function: LambdaLR's state_dict leaves it out
+            return lr_factor(step % span if restart else step, span, warmup, config.lr_schedule)
+
+        return factor
 
     # -- files ---------------------------------------------------------------------------------------
 
@@ -271,12 +227,17 @@ class SelfPlayTrainer:
     def run_record(self) -> dict[str, Any]:
         """What defines this run, saved as ``config.json``: a rerun with another record is refused.
 
-        More iterations extend a run, and where it runs or whether it shows a bar may change between
-        reruns: those settings are left out.
+        More iterations extend a run (unless a learning-rate schedule spans it: its length is then
+        part of the run), and where it runs or whether it shows a bar may change between reruns: those
+        settings are left out. So is the number of processes: persisted samples are reused whatever it is.
         """
-        # without LoRA its settings mean nothing: left out, so that runs made before they existed resume
+        # settings at values that mean nothing (no LoRA, no autocast, a flat schedule) are left out, so
+        # that runs made before they existed resume
         free = (self.FREE_SETTINGS + (() if self.lora else LORA_SETTINGS)
-                + (("mixed_precision",) if self.config.mixed_precision == "no" else ()))
+                + (("mixed_precision",) if self.config.mixed_precision == "no" else ())
+                + (SCHEDULE_SETTINGS if self.config.flat_schedule else ()))
+        if not self.config.flat_schedule and self.config.lr_schedule_span == "run":
+            free = tuple(name for name in free if name != "iterations")  # the schedule's horizon
         return {
             "method": self.spec.name,
             "method_config": asdict(self.method_config),
@@ -294,7 +255,23 @@ class SelfPlayTrainer:
     # -- sampling and judging ------------------------------------------------------------------------
 
     def _generator(self, iteration: int, phase: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + iteration * 10 + phase)
+        """The sampling stream of (iteration, phase); each process of a multi-process run has its own,
+        so its draws depend on the number of processes (the update, given the samples, does not)."""
+        seed = self.config.seed * 1_000_003 + iteration * 10 + phase + self.processes.rank * 2**40
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _on_disk(self, path: Path) -> bool:
+        """Whether ``path`` exists as the main process sees it: every process takes the same branch."""
+        return self.processes.from_main(path.exists())
+
+    def _gathered(self, shard: dict[str, Any], calls_before: int) -> dict[str, Any]:
+        """Every process's ``shard`` of a judged result, joined in prompt order; ``judge_calls`` then
+        counts the calls of every process."""
+        if self.processes.world == 1:
+            return shard
+        pieces = self.processes.gather((shard, self.judge_calls - calls_before))
+        self.judge_calls = calls_before + sum(calls for _, calls in pieces)
+        return join_shards([piece for piece, _ in pieces])
 
     def _decode(self, completions: Sequence[Sequence[int]]) -> list[str]:
         texts = self.tokenizer.batch_decode([list(c) for c in completions], skip_special_tokens=True)
@@ -337,6 +314,8 @@ class SelfPlayTrainer:
         k = self.config.samples_per_prompt
         first, second = pairs
         prompts = [self.prompts[prompt_indices[int(i) // k]] for i in first]
+        if not prompts:  # a process whose shard is empty (fewer prompts than processes)
+            return torch.full((0, k, k), 0.5, dtype=torch.float64)
         values = judge_batch(self.judge, prompts, [firsts[int(i)] for i in first], [seconds[int(j)] for j in second])
         self.judge_calls += len(values)
         matrix = torch.full((len(prompt_indices), k, k), 0.5, dtype=torch.float64)
@@ -349,22 +328,25 @@ class SelfPlayTrainer:
     def collect(self, iteration: int) -> JudgedSamples:
         """The iteration's judged policy answers (and Nash-MD's mixture opponents): from disk, else new."""
         path = self.samples_path(iteration, "samples")
-        if path.exists():
+        if self._on_disk(path):
             return JudgedSamples(**load_checkpoint(path))
-        prompt_indices = self._prompt_indices(iteration)
+        before = self.judge_calls
+        prompt_indices = self.processes.part(self._prompt_indices(iteration))  # this process's shard
         generator = self._generator(iteration, 0)
         completions = self._sample(prompt_indices, generator)
         texts = self._decode(completions)
         k = self.config.samples_per_prompt
         preferences = self._judge(prompt_indices, texts, texts, all_pairs(len(prompt_indices), k), symmetric=True)
-        samples = JudgedSamples(prompt_indices, completions, texts, preferences)
+        shard = JudgedSamples(prompt_indices, completions, texts, preferences)
         if self.spec.mixture_opponents:
             opponents = self._sample(prompt_indices, generator, mixture=True)
-            samples.opponent_completions = opponents
-            samples.opponent_preferences = self._judge(
+            shard.opponent_completions = opponents
+            shard.opponent_preferences = self._judge(
                 prompt_indices, texts, self._decode(opponents), self._cross_pairs(len(prompt_indices)), symmetric=False
             )
-        atomic_save(asdict(samples), path)  # before any update: a killed run never re-asks the judge
+        samples = JudgedSamples(**self._gathered(asdict(shard), before))
+        if self.processes.is_main:
+            atomic_save(asdict(samples), path)  # before any update: a killed run never re-asks the judge
         return samples
 
     def _cross_pairs(self, num_prompts: int) -> tuple[Tensor, Tensor]:
@@ -376,18 +358,23 @@ class SelfPlayTrainer:
     def collect_half_step_opponents(self, iteration: int, samples: JudgedSamples) -> Tensor:
         """``[P, K, K]`` judgments of the policy's answers against the half-step policy's (persisted)."""
         path = self.samples_path(iteration, "opponents")
-        if path.exists():
+        if self._on_disk(path):
             return load_checkpoint(path)["opponent_preferences"]
-        opponents = self._sample(samples.prompt_indices, self._generator(iteration, 1))
+        before, k = self.judge_calls, self.config.samples_per_prompt
+        start, end = self.processes.bounds(len(samples.prompt_indices))  # this process's prompts
+        prompt_indices = samples.prompt_indices[start:end]
+        opponents = self._sample(prompt_indices, self._generator(iteration, 1))
         preferences = self._judge(
-            samples.prompt_indices,
-            samples.texts,
+            prompt_indices,
+            samples.texts[start * k : end * k],
             self._decode(opponents),
-            self._cross_pairs(len(samples.prompt_indices)),
+            self._cross_pairs(end - start),
             symmetric=False,
         )
-        atomic_save({"opponent_completions": opponents, "opponent_preferences": preferences}, path)
-        return preferences
+        judged = self._gathered({"opponent_completions": opponents, "opponent_preferences": preferences}, before)
+        if self.processes.is_main:
+            atomic_save(judged, path)
+        return judged["opponent_preferences"]
 
     # -- trainable state ---------------------------------------------------------------------------------
 
@@ -414,6 +401,18 @@ class SelfPlayTrainer:
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 p.copy_(saved[name])
+
+    def _backup(self) -> dict[str, Any]:
+        """What a step changes (trainable weights, AdamW state, the schedule's count, fp16's loss scale),
+        for the extragradient restore. Every process backs up and restores its own copy: they are equal."""
+        return {"weights": self._trainable_copy(), "optimizer": self._optimizer_copy(),
+                "schedule": copy.deepcopy(self.schedule.state_dict()), "scaler": self.scaler.state_dict()}
+
+    def _restore(self, backup: dict[str, Any]) -> None:
+        self._restore_trainable(backup["weights"])
+        self.optimizer.load_state_dict(backup["optimizer"])
+        self.schedule.load_state_dict(backup["schedule"])
+        self.scaler.load_state_dict(backup["scaler"])  # a no-op unless fp16
 
     def _model_state(self) -> dict[str, Tensor]:
         """The checkpoint's weights: the adapter alone with LoRA (peft's keys), else the whole model."""
@@ -448,8 +447,17 @@ class SelfPlayTrainer:
         sequences = [p + c for p, c in zip(prompts, samples.completions, strict=True)]
         lengths = [len(p) for p in prompts]
         kwargs = {"pad_token_id": self.pad_token_id, "batch_size": self.config.sample_batch_size}
-        ref = completion_logps(self.ref_model, sequences, lengths, **kwargs)
-        prev = completion_logps(self.model, sequences, lengths, **kwargs)
+        start, end = self.processes.bounds(len(sequences))  # each process scores its share
+
+        def score(model: torch.nn.Module) -> Tensor:
+            if start == end:
+                return torch.zeros(0)
+            return completion_logps(model, sequences[start:end], lengths[start:end], **kwargs)
+
+        ref, prev = score(self.ref_model), score(self.model)
+        if self.processes.world > 1:
+            shares = self.processes.gather((ref, prev))
+            ref, prev = torch.cat([r for r, _ in shares]), torch.cat([p for _, p in shares])
         return TokenizedPairs(sequences, lengths, sequences, lengths), ref, prev
 
     def update(
@@ -459,7 +467,10 @@ class SelfPlayTrainer:
 
         ``steps_per_iteration`` steps of ``batch_size`` pairs; a ``one_step`` method instead takes a
         single step whose gradient is the mean over every pair, accumulated minibatch by minibatch.
-        Returns each step's loss, left on the device (checked for NaN/inf by the caller, in one sync).
+        With several processes every one builds the same global batches and scores its part of each;
+        the gradients are summed over the processes before clipping, so a step is the one-process step
+        on the same global batch. Returns each step's loss, left on the device (checked for NaN/inf by
+        the caller, in one sync).
         """
         pairs = TokenizedPairs(
             [sequences.chosen_ids[int(i)] for i in targets.first],
@@ -481,24 +492,35 @@ class SelfPlayTrainer:
             )
             steps = [[order[step * size : (step + 1) * size]] for step in range(self.config.steps_per_iteration)]
         micro = self.config.micro_batch_size
-        if micro is not None:
-            steps = [[piece for rows in chunks for piece in rows.split(micro)] for chunks in steps]
         self.model.train()
         losses = []
         pack = packing_mask_kind(self.model) is not None  # both samples of a pair answer the same prompt
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         for chunks in steps:
-            total = sum(rows.numel() for rows in chunks)
+            total = sum(rows.numel() for rows in chunks)  # the global batch's pairs
+            pieces = [self.processes.part(rows) for rows in chunks]
+            if micro is not None:
+                pieces = [piece for rows in pieces for piece in rows.split(micro)]
             self.optimizer.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), device=self.device)
-            for rows in chunks:
-                # a sum over the chunk divided by the step's pairs: the accumulated gradient is the mean's
+            for rows in pieces:
+                if rows.numel() == 0:  # this process's part of a batch smaller than the process count
+                    continue
+                # a sum over the piece divided by the step's pairs: the accumulated gradient is the mean's
                 loss = self._pair_loss(pairs, rows, ref, prev, targets, pack).sum() / total
-                loss.backward()
+                self.scaler.scale(loss).backward()
                 step_loss += loss.detach()
+            self.processes.sum_gradients(trainable)
+            self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-            self.optimizer.step()
+            self.last_lr = self.optimizer.param_groups[0]["lr"]
+            self.scaler.step(self.optimizer)  # skipped when fp16 gradients hold inf/NaN
+            self.scaler.update()
+            self.schedule.step()
             losses.append(step_loss)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.processes.world > 1:
+            losses = list(self.processes.sum(torch.stack(losses)).unbind())
         return losses
 
     def _pair_loss(
@@ -506,7 +528,8 @@ class SelfPlayTrainer:
     ) -> Tensor:
         """``[len(rows)]`` losses of the method on pairs ``rows`` of ``targets``, with gradient."""
         batch = collate(pairs, rows.tolist(), pad_token_id=self.pad_token_id, pack=pack).to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.mixed_precision == "bf16"):
+        dtype = torch.float16 if self.config.mixed_precision == "fp16" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.config.mixed_precision != "no"):
             logps, lengths = pair_logps(self.model, batch)
         half = rows.numel()
         first, second = targets.first[rows], targets.second[rows]
@@ -533,16 +556,15 @@ class SelfPlayTrainer:
         sequences, ref, prev = self.anchors(samples)
         build = self.spec.build_targets
         if self.spec.extragradient:
-            start = (self._trainable_copy(), self._optimizer_copy())
-            if not self.samples_path(iteration, "opponents").exists():  # the half step only serves sampling
+            start = self._backup()
+            if not self._on_disk(self.samples_path(iteration, "opponents")):  # the half step only serves sampling
                 half_targets = build(samples.preferences, None, self.method_config)
                 half = self.update(sequences, ref, prev, half_targets, iteration=iteration, phase=0)
                 # the half-step policy samples next: NaN weights would fail there, far from their cause
                 if not bool(torch.isfinite(torch.stack(half)).all()):
                     raise self._divergence(iteration, "the half step's loss")
             opponents = self.collect_half_step_opponents(iteration, samples)
-            self._restore_trainable(start[0])
-            self.optimizer.load_state_dict(start[1])  # AdamW moments too: the half step leaves no trace
+            self._restore(start)  # AdamW moments and the schedule too: the half step leaves no trace
             targets = build(samples.preferences, opponents, self.method_config)
             losses = self.update(sequences, ref, prev, targets, iteration=iteration, phase=1)
         else:
@@ -559,7 +581,7 @@ class SelfPlayTrainer:
         judged = len(all_pairs(num_prompts, self.config.samples_per_prompt)[0])
         if self.spec.extragradient or self.spec.mixture_opponents:
             judged += len(self._cross_pairs(num_prompts)[0])
-        return {
+        row = {
             "loss/first": first,
             "loss/last": last,
             "pairs": float(targets.first.numel()),
@@ -567,15 +589,19 @@ class SelfPlayTrainer:
             "samples/mean_tokens": float(lengths.mean()),
             "samples/kl_to_ref": float((prev - ref).mean()),
         }
+        if not self.config.flat_schedule:
+            row["lr"] = self.last_lr  # the rate of the iteration's last kept step
+        return row
 
     def run(self) -> dict[str, float]:
         """Train to ``config.iterations``, resuming from ``out_dir``; saves ``out_dir/model`` at the end.
 
         Returns the last iteration's metrics; a finished run returns them from ``results.json`` without
         training, unless more iterations are asked for. NaN/inf raise ``DivergenceError`` and keep the
-        last checkpoint; Ctrl-C raises ``Interrupted``.
+        last checkpoint; Ctrl-C raises ``Interrupted``. With several processes only the main one writes
+        files; it claims the run directory before the others read it.
         """
-        session = Session(
+        session = self.processes.main_first(lambda: Session(
             self.out_dir,
             self.run_record(),
             total=self.config.iterations,
@@ -585,8 +611,9 @@ class SelfPlayTrainer:
             rate_name=None,  # each line has its iteration's wall time instead
             tensorboard="tensorboard" in self.config.report_to,
             wandb="wandb" in self.config.report_to,
+            main_process=self.processes.is_main,
             map_location=self.device,
-        )
+        ))
         finished = session.finished
         if finished is not None and int(finished.get("iterations", 0)) >= self.config.iterations:
             session.release()
@@ -601,6 +628,9 @@ class SelfPlayTrainer:
                     state = session.resume_state
                     self._load_model_state(state["model"])
                     self.optimizer.load_state_dict(state["optimizer"])
+                    if "schedule" in state:  # checkpoints written before the schedule existed: a flat one
+                        self.schedule.load_state_dict(state["schedule"])
+                    self.scaler.load_state_dict(state.get("scaler", {}))
                     self.iteration, last = int(state["step"]), dict(state["last"])
                     session.restore_rng()
                 while self.iteration < self.config.iterations:
@@ -610,10 +640,13 @@ class SelfPlayTrainer:
                     last = session.flush(self.iteration, row)  # line "iteration": its index, from 0
                     self.iteration += 1
                     state = {"model": self._model_state(), "optimizer": self.optimizer.state_dict(),
+                             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
                              "last": last}
                     session.save(self.iteration, state, check=state["model"])
                     session.advance()
-                self.save_model(self.out_dir / "model")
+                if self.processes.is_main:
+                    self.save_model(self.out_dir / "model")
+                self.processes.barrier()  # the model is on disk before any process reports the run done
                 session.finish({"iterations": self.iteration, **last})
         finally:
             self._session = None

@@ -276,4 +276,4 @@ def test_bf16_autocast_trains_and_is_part_of_the_record(tiny_lm, text_rows, tmp_
     assert torch.isfinite(after).all() and not torch.equal(before, after)
     assert trainer.run_record()["run"]["mixed_precision"] == "bf16"
     with pytest.raises(ValueError, match="unknown mixed_precision"):
-        SelfPlayConfig(mixed_precision="fp16")
+        SelfPlayConfig(mixed_precision="fp8")

@@ -170,7 +170,9 @@ def test_selfplay_bad_input_is_one_line_exit_2(tiny_lm, prompt_file, tmp_path):
     one_line_error(invoke("selfplay", "inpo", *base, "--samples-per-prompt", 1), "samples_per_prompt")
     one_line_error(invoke("selfplay", "inpo", *base, "--position-bias", "left"), "position bias")
     one_line_error(invoke("selfplay", "inpo", *base, "--dtype", "int8"), "unknown --dtype 'int8'")
-    one_line_error(invoke("selfplay", "inpo", *base, "--mixed-precision", "fp16"), "unknown mixed_precision")
+    one_line_error(invoke("selfplay", "inpo", *base, "--mixed-precision", "fp8"), "unknown mixed_precision")
+    one_line_error(invoke("selfplay", "inpo", *base, "--mixed-precision", "fp16", "--device", "cpu"),
+                   "mixed_precision 'fp16' needs a CUDA device, not cpu")
     one_line_error(invoke("selfplay", "inpo", *base, "--report-to", "mlflow"), "unknown report_to")
     missing = ("--model", tiny_lm[0], "--prompts", tmp_path / "nope.jsonl", "--out", tmp_path / "r")
     one_line_error(invoke("selfplay", "inpo", *missing), "does not exist")
