@@ -388,6 +388,13 @@ def selfplay_command(
     ] = 20,
     batch_size: Annotated[int, typer.Option(help="Answer pairs per step.")] = 64,
     learning_rate: Annotated[float, typer.Option("--lr", help="Optimizer learning rate.")] = 5e-7,
+    lr_schedule: Annotated[
+        str, typer.Option(help="Rate after warm-up: constant, linear or cosine (to 0 at the span's end).")
+    ] = "constant",
+    warmup_ratio: Annotated[float, typer.Option(help="Fraction of the span's steps warmed up linearly from 0.")] = 0.0,
+    lr_schedule_span: Annotated[
+        str, typer.Option(help="run (the whole run's kept steps) or iteration (restart every iteration).")
+    ] = "run",
     max_new_tokens: Annotated[int, typer.Option(help="Longest sampled answer, in tokens.")] = 64,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the answers.")] = 1.0,
     param: Annotated[
@@ -404,7 +411,9 @@ def selfplay_command(
     micro_batch_size: Annotated[
         int | None, typer.Option(help="Answer pairs per forward, gradients accumulated (default: the batch).")
     ] = None,
-    mixed_precision: Annotated[str, typer.Option(help="no or bf16 (autocast of the training forward).")] = "no",
+    mixed_precision: Annotated[
+        str, typer.Option(help="no, bf16 or fp16 (autocast of the training forward; fp16 loss-scaled, CUDA only).")
+    ] = "no",
     dtype: DtypeOption = "float32",
     attn_implementation: AttentionOption = None,
     gradient_checkpointing: CheckpointingOption = False,
@@ -421,11 +430,16 @@ def selfplay_command(
     Judged samples are saved before each update, so a rerun after a kill never asks the judge again about
     them. With --lora-r only a LoRA adapter trains (the reference is the base model with the adapter
     disabled); OUT/model is saved with the adapter merged in, a plain model.
+
+    Several GPUs: `accelerate launch --multi_gpu --num_processes N -m hybridrl.cli.pref selfplay ...` (or
+    torchrun): each process samples and judges its share of the prompts, gradients are summed over the
+    processes (data-parallel; FSDP and DeepSpeed are refused), only the first process writes to OUT.
     """
 
     def body() -> None:
         from hybridrl.preference.oracles import resolve_judge
         from hybridrl.preference.selfplay import SelfPlayConfig, resolve_selfplay_method
+        from hybridrl.preference.selfplay_parallel import launched_processes, make_processes
         from hybridrl.preference.selfplay_spec import method_config
 
         spec = resolve_selfplay_method(method)
@@ -437,6 +451,9 @@ def selfplay_command(
             steps_per_iteration=steps_per_iteration,
             batch_size=batch_size,
             learning_rate=learning_rate,
+            lr_schedule=lr_schedule,  # type: ignore[arg-type]
+            warmup_ratio=warmup_ratio,
+            lr_schedule_span=lr_schedule_span,  # type: ignore[arg-type]
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             lora_r=lora_r,
@@ -454,8 +471,12 @@ def selfplay_command(
         )
         weights_dtype = _weights_dtype(dtype)
         prompt_list = _read_prompts(prompts, prompts_split, prompt_field)
-        # a learned judge loads after the cheap checks, on the policy's device
-        oracle = resolve_judge(judge, position_bias=position_bias, seed=seed, device=device)  # type: ignore[arg-type]
+        # a learned judge loads after the cheap checks, on the policy's device (each process's own when
+        # several were launched)
+        judge_device = device
+        if launched_processes() > 1:
+            judge_device = str(make_processes(device).device)
+        oracle = resolve_judge(judge, position_bias=position_bias, seed=seed, device=judge_device)  # type: ignore[arg-type]
         from hybridrl.core.session import prepare_run_dir
 
         prepare_run_dir(out)  # before the models load
@@ -475,6 +496,8 @@ def selfplay_command(
             out_dir=out,
         )
         last = trainer.run()
+        if not trainer.processes.is_main:
+            return  # one summary line per run, not per process
         summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
         typer.echo(
             f"{method}: {trainer.iteration} iterations, {trainer.judge_calls} new judge calls"

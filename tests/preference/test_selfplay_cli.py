@@ -161,6 +161,18 @@ def test_selfplay_ctrl_c_is_one_line_exit_130(tiny_lm, prompt_file, tmp_path, mo
     one_line(result, 130, f"progress up to iteration 1 is saved in {out}", "rerun the same command to resume")
 
 
+def test_selfplay_lr_schedule_flags_reach_the_run(tiny_lm, prompt_file, tmp_path, one_torch_thread):
+    out = tmp_path / "run"
+    result = invoke("selfplay", "inpo", "--model", tiny_lm[0], "--prompts", prompt_file, "--out", out, *TINY,
+                    "--lr-schedule", "linear", "--warmup-ratio", 0.5, "--lr-schedule-span", "iteration")
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "config.json").read_text())["run"]
+    assert (run["lr_schedule"], run["warmup_ratio"], run["lr_schedule_span"]) == ("linear", 0.5, "iteration")
+    # 2 steps, 1 of warm-up: rates 0 then the full 1e-3, the last one logged
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["lr"] == pytest.approx(1e-3)
+
+
 def test_selfplay_bad_input_is_one_line_exit_2(tiny_lm, prompt_file, tmp_path):
     base = ("--model", tiny_lm[0], "--prompts", prompt_file, "--out", tmp_path / "r")
     one_line_error(invoke("selfplay", "ppo", *base), "unknown self-play method 'ppo'", "nash_mp")
@@ -174,6 +186,8 @@ def test_selfplay_bad_input_is_one_line_exit_2(tiny_lm, prompt_file, tmp_path):
     one_line_error(invoke("selfplay", "inpo", *base, "--mixed-precision", "fp16", "--device", "cpu"),
                    "mixed_precision 'fp16' needs a CUDA device, not cpu")
     one_line_error(invoke("selfplay", "inpo", *base, "--report-to", "mlflow"), "unknown report_to")
+    one_line_error(invoke("selfplay", "inpo", *base, "--lr-schedule", "step"), "unknown lr_schedule 'step'")
+    one_line_error(invoke("selfplay", "inpo", *base, "--warmup-ratio", 1), "warmup_ratio must be in [0, 1)")
     missing = ("--model", tiny_lm[0], "--prompts", tmp_path / "nope.jsonl", "--out", tmp_path / "r")
     one_line_error(invoke("selfplay", "inpo", *missing), "does not exist")
 
