@@ -191,6 +191,10 @@ class SelfPlayTrainer:
             lr=config.learning_rate,
             weight_decay=config.weight_decay,
         )
+        trained = self.optimizer.param_groups[0]["params"]
+        if config.mixed_precision == "fp16" and any(p.dtype == torch.float16 for p in trained):
+            raise ValueError("mixed_precision 'fp16' keeps float32 weights and scales their gradients, but the "
+                             "trained weights are float16: load the model in float32 (--dtype float32)")
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor())
         # disabled (every call a pass-through) unless fp16: float16 gradients underflow without scaling
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.mixed_precision == "fp16")

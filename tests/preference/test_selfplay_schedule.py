@@ -153,3 +153,24 @@ def test_loss_scaling_unscales_before_clipping_and_the_half_step_leaves_no_trace
     saved = torch.load(tmp_path / "scaled" / "checkpoint.pt", weights_only=False)
     assert saved["scaler"]["scale"] == 2.0**13
     assert math.isfinite(saved["schedule"]["last_epoch"]) and saved["schedule"]["last_epoch"] == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["egpo", "online_ipo"])
+def test_fp16_on_cuda_trains_close_to_float32(method, tiny_lm, text_rows, tmp_path):
+    """fp16 autocast with loss scaling on a GPU: finite, moved, close to the float32 run on the same samples."""
+    plain = make_trainer(tiny_lm, text_rows, tmp_path / "plain", method, iterations=1, device="cuda")
+    plain.run()
+    half = make_trainer(tiny_lm, text_rows, tmp_path / "half", method, iterations=1, device="cuda",
+                        mixed_precision="fp16")
+    (tmp_path / "half" / "iterations").mkdir(parents=True)
+    for path in (tmp_path / "plain" / "iterations").glob("*.pt"):  # the same judged samples
+        (tmp_path / "half" / "iterations" / path.name).write_bytes(path.read_bytes())
+    before = params(half.model).clone()
+    half.run()
+    after, want = params(half.model), params(plain.model)
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
+    assert half.run_record()["run"]["mixed_precision"] == "fp16" and half.scaler.is_enabled()
+    # float16 rounding of the forward, not another update: far closer than the update's own size
+    assert (after - want).norm() < 0.5 * (want - before).norm()
