@@ -259,8 +259,9 @@ def resolve_method(method: str) -> tuple[str, str]:
         spec = registry.get(method, families=GRID_FAMILIES)
     except KeyError:
         names = list(dict.fromkeys(s.name for s in registry.load_all() if s.family in GRID_FAMILIES))
+        extra = sorted(set(label_kinds) - set(names))  # labels that are no method (dpo's label is DPO)
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(names)}, or a bench label "
-                         f"({', '.join(sorted(label_kinds))})") from None
+                         f"({', '.join(extra)})") from None
     return spec.family, spec.name
 
 
