@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from hybridrl.preference.tokens import accepts_logits_to_keep, pad
+from hybridrl.preference.tokens import accepts_logits_to_keep, cache_name, pad
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ def sample(
             ids, mask = (t.to(device) for t in pad(prompt_ids[start : start + batch_size], pad_token_id, side="left"))
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             caches: list[Any] = [None] * len(models)
+            cache_names = [cache_name(m) for m in models]
             tokens, step_mask = ids, mask
             step_positions = positions
             done = torch.zeros(ids.size(0), dtype=torch.bool, device=device)
@@ -85,11 +86,11 @@ def sample(
                         input_ids=tokens,
                         attention_mask=step_mask,
                         position_ids=step_positions,
-                        past_key_values=caches[n],
                         use_cache=True,
+                        **{cache_names[n]: caches[n]},
                         **kwargs,
                     )
-                    caches[n] = out.past_key_values
+                    caches[n] = getattr(out, cache_names[n])
                     logits.append(out.logits[:, -1].float())
                 mixed = logits[0] if mixture is None else (1 - mixture[1]) * logits[0] + mixture[1] * logits[1]
                 scores = mixed / temperature

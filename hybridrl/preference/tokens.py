@@ -8,7 +8,7 @@ all pad and score tokens through these few functions, so that each is written on
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Literal, TypeVar
 
@@ -38,12 +38,22 @@ def batch_to(batch: BatchT, device: torch.device) -> BatchT:
     return replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True) for f in fields(batch)})
 
 
-def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether ``model``'s forward can skip the LM head on positions whose logits are not wanted."""
+def _forward_parameters(model: torch.nn.Module) -> Mapping[str, inspect.Parameter]:
     inner = getattr(model, "module", model)  # DDP
     if hasattr(inner, "get_base_model"):  # PEFT forwards **kwargs to the base model
         inner = inner.get_base_model()
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return inspect.signature(inner.forward).parameters
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward can skip the LM head on positions whose logits are not wanted."""
+    return "logits_to_keep" in _forward_parameters(model)
+
+
+def cache_name(model: torch.nn.Module) -> str:
+    """The name of the key-value cache in ``model``'s forward and output: ``cache`` since transformers
+    5.2x renamed it (the old name still works there but warns), ``past_key_values`` before."""
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from hybridrl.preference.tokens import accepts_logits_to_keep, batch_to, pad, token_logps
+from hybridrl.preference.tokens import accepts_logits_to_keep, batch_to, cache_name, pad, token_logps
 
 if TYPE_CHECKING:
     from hybridrl.preference.data import TokenizedPairs
@@ -96,7 +96,7 @@ def shared_prompt_logps(model: torch.nn.Module, batch: SharedPromptBatch) -> tup
     positions exactly as in the concatenated forward. Saves the prompt's share of the forward and
     backward: a third of the work when prompt and answers are equally long.
 
-    Needs a model that accepts ``past_key_values`` and ``position_ids`` (every HF decoder does).
+    Needs a model that accepts a key-value cache and ``position_ids`` (every HF decoder does).
     """
     num_pairs = batch.prompt_ids.size(0)
     prompt_positions = (batch.prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
@@ -108,7 +108,8 @@ def shared_prompt_logps(model: torch.nn.Module, batch: SharedPromptBatch) -> tup
         **({"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}),
     )
     both = torch.cat([torch.arange(num_pairs), torch.arange(num_pairs)]).to(batch.prompt_ids.device)
-    cache = prompt_out.past_key_values
+    name = cache_name(model)
+    cache = getattr(prompt_out, name)
     cache.reorder_cache(both)  # index_select: differentiable, prompt rows reused by chosen and rejected
     prompt_lengths = batch.prompt_mask.sum(dim=1)[both]
     width = batch.completion_ids.size(1)
@@ -118,8 +119,8 @@ def shared_prompt_logps(model: torch.nn.Module, batch: SharedPromptBatch) -> tup
         input_ids=batch.completion_ids,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=cache,
         use_cache=True,
+        **{name: cache},
     ).logits
     # the first completion token is scored by the prompt's last position, the others by the completion
     first = token_logps(prompt_out.logits[:, -1][both], batch.completion_ids[:, 0])
