@@ -80,8 +80,11 @@ def unique_prompts(rows: Sequence[Mapping[str, Any]], field: str | None = None) 
     return list(unique.values())
 
 
-def load_prompts(source: str | os.PathLike, *, split: str = "train", field: str | None = None) -> list[Prompt]:
-    """The distinct prompts of a file, dataset directory or Hub dataset (see the module docstring).
+def load_prompts(
+    source: str | os.PathLike, *, split: str = "train", field: str | None = None, split_option: str = "--prompts-split"
+) -> list[Prompt]:
+    """The distinct prompts of a file, dataset directory or Hub dataset (see the module docstring);
+    ``split_option`` is the command-line option that picks the split, named when the split is missing.
 
     Raises:
         PreferenceDataError: one line naming the source and the fix (missing, unreadable, no such
@@ -92,7 +95,7 @@ def load_prompts(source: str | os.PathLike, *, split: str = "train", field: str 
     if path.is_file() and path.suffix.lower() in (".json", ".jsonl"):
         rows = read_json_rows(path)  # names the line of a broken file; no dataset cache needed
     else:
-        dataset = load_dataset_source(source, split=split, split_option="--prompts-split")
+        dataset = load_dataset_source(source, split=split, split_option=split_option)
         wanted = field or next((name for name in PROMPT_FIELDS if name in dataset.column_names), PROMPT_FIELDS[0])
         if wanted not in dataset.column_names:
             raise PreferenceDataError(

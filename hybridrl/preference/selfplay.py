@@ -22,7 +22,10 @@ EGPO, Nash-MD, online IPO). Iteration ``t``:
    then **restore the trainable parameters and their AdamW state** of :math:`\pi_t` and take the steps again on
    targets against :math:`\pi_{t+1/2}` (EGPO's LM trainer backs up the optimizer state for the same reason:
    undoing a step by its negative gradient is exact only for plain SGD);
-7. **checkpoint** (weights, optimizer, iteration) atomically.
+7. **evaluate** (when the run has eval prompts, every ``eval_every`` iterations and after the last): the
+   updated policy against the reference on held-out prompts, win rate and KL on the iteration's line
+   (:mod:`hybridrl.preference.selfplay_eval`);
+8. **checkpoint** (weights, optimizer, iteration) atomically.
 
 Rerunning with the same ``out_dir`` resumes after the last checkpoint and reuses every persisted
 sample file; data order and sampling depend only on ``(seed, iteration, phase)``, so a resumed run
@@ -70,6 +73,7 @@ from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 from hybridrl.preference.prompts import Prompt, encode_prompts, prompts_digest
 from hybridrl.preference.sampling import sample_completions
 from hybridrl.preference.selfplay_config import LORA_SETTINGS, SCHEDULE_SETTINGS, SelfPlayConfig, lr_factor
+from hybridrl.preference.selfplay_eval import EVAL_PHASE, eval_due, evaluate_shard, evaluation_judge, summarize
 from hybridrl.preference.selfplay_parallel import join_shards, make_processes
 from hybridrl.preference.selfplay_spec import (
     SELFPLAY_METHODS,
@@ -129,10 +133,14 @@ class SelfPlayTrainer:
         prompts: text or conversations (lists of role/content messages).
         judge: any :class:`~hybridrl.preference.oracles.PreferenceOracle`.
         out_dir: checkpoint, per-iteration samples, metrics.jsonl, config.json, and ``model/`` at the end.
+        eval_prompts: held-out prompts (text or conversations) on which the policy is evaluated against the
+            reference every ``config.eval_every`` iterations and after the last (``eval/...`` metrics);
+            None or empty: no evaluation. They are not part of the run's record: evaluating changes
+            nothing in training.
     """
 
     FREE_SETTINGS = ("iterations", "device", "progress", "micro_batch_size", "gradient_checkpointing",
-                     "cpu_backups", "report_to")
+                     "cpu_backups", "report_to", "eval_every", "eval_samples_per_prompt")
     """Run settings left out of the record: more iterations extend a run, and the others change how a
     step is computed or reported, not what it computes."""
 
@@ -148,6 +156,7 @@ class SelfPlayTrainer:
         judge: PreferenceOracle,
         out_dir: str | os.PathLike,
         ref_model: PreTrainedModel | None = None,
+        eval_prompts: Sequence[Prompt] | None = None,
     ) -> None:
         if not prompts:
             raise ValueError("no prompts to sample from")
@@ -184,6 +193,8 @@ class SelfPlayTrainer:
             raise ValueError("the tokenizer has no EOS token: sampled answers could never end")
         self.prompts = list(prompts)
         self.prompt_ids: list[list[int]] = encode_prompts(tokenizer, self.prompts)
+        self.eval_prompts = list(eval_prompts or [])
+        self.eval_prompt_ids: list[list[int]] = encode_prompts(tokenizer, self.eval_prompts)
         self.judge = judge
         self.out_dir = Path(out_dir)
         self.optimizer = torch.optim.AdamW(
@@ -379,6 +390,30 @@ class SelfPlayTrainer:
         if self.processes.is_main:
             atomic_save(judged, path)
         return judged["opponent_preferences"]
+
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        """The held-out evaluation after iteration ``iteration``'s update: ``eval/...`` metrics (see
+        :mod:`hybridrl.preference.selfplay_eval`). Every process evaluates its shard and gets the whole result."""
+        if not self.eval_prompts:
+            raise ValueError("no eval prompts: pass eval_prompts to the trainer")
+        start, end = self.processes.bounds(len(self.eval_prompts))
+        coin = self.config.seed * 1_000_003 + iteration * 10 + EVAL_PHASE + self.processes.rank * 2**40
+        shard = evaluate_shard(
+            self.model,
+            self.ref_model,
+            self.eval_prompts[start:end],
+            self.eval_prompt_ids[start:end],
+            evaluation_judge(self.judge, coin),
+            generator=lambda: self._generator(iteration, EVAL_PHASE),
+            decode=self._decode,
+            samples_per_prompt=self.config.eval_samples_per_prompt,
+            temperature=self.config.temperature,
+            max_new_tokens=self.config.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            batch_size=self.config.sample_batch_size,
+        )
+        return summarize(self.processes.gather(shard))
 
     # -- trainable state ---------------------------------------------------------------------------------
 
@@ -641,6 +676,10 @@ class SelfPlayTrainer:
                     began = time.perf_counter()
                     row = self.run_iteration(self.iteration)
                     row["time/s"] = time.perf_counter() - began
+                    if self.eval_prompts and eval_due(self.iteration, self.config.eval_every, self.config.iterations):
+                        began = time.perf_counter()
+                        row.update(self.evaluate(self.iteration))
+                        row["time/eval_s"] = time.perf_counter() - began
                     last = session.flush(self.iteration, row)  # line "iteration": its index, from 0
                     self.iteration += 1
                     state = {"model": self._model_state(), "optimizer": self.optimizer.state_dict(),

@@ -73,6 +73,12 @@ class SelfPlayConfig:
     """LoRA dropout (0 keeps the policy equal to the reference at the start)."""
     lora_target_modules: tuple[str, ...] = ("all-linear",)
     """Module names that get adapters; ("all-linear",) puts one on every linear layer but the output head."""
+    eval_every: int = 1
+    """Iterations between held-out evaluations of the policy against the reference, when the run has eval
+    prompts: after iteration t (from 0) when t + 1 is a multiple of it, and always after the last; 0
+    evaluates after the last iteration only."""
+    eval_samples_per_prompt: int = 2
+    """Answers per eval prompt from the policy and from the reference (answer k of each compared)."""
     device: str | None = None
     """cpu, cuda, cuda:N or None for automatic."""
     progress: bool = True
@@ -90,6 +96,9 @@ class SelfPlayConfig:
             raise ValueError(f"prompts_per_iteration must be at least 1 or None, got {self.prompts_per_iteration}")
         if self.learning_rate <= 0 or self.temperature <= 0:
             raise ValueError("learning_rate and temperature must be positive")
+        if self.eval_every < 0 or self.eval_samples_per_prompt < 1:
+            raise ValueError(f"need eval_every >= 0 and eval_samples_per_prompt >= 1, got {self.eval_every} and "
+                             f"{self.eval_samples_per_prompt}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be at least 1 or None, got {self.micro_batch_size}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):

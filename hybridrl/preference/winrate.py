@@ -28,6 +28,8 @@ from hybridrl.core.checkpoint import atomic_write_text
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 
 if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from hybridrl.preference.prompts import Prompt
@@ -147,6 +149,34 @@ def format_matrix(matrix: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def answer_log_ratios(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    batch_size: int = 512,
+) -> Tensor:
+    r"""``[N]`` :math:`\log\pi(y|x) - \log\pi_{ref}(y|x)` of each answer (completion ``i`` to prompt ``i``),
+    summed over its tokens, float32 on the CPU, no gradient; empty for no answers.
+
+    Averaged over answers sampled from :math:`\pi` at temperature 1 it estimates :math:`KL(\pi \| \pi_{ref})`
+    (:func:`kl_to_reference`; self-play's held-out evaluation). ``reference`` may be a LoRA policy seen with
+    its adapter off (:class:`hybridrl.preference.models.AdapterDisabled`).
+    """
+    import torch
+
+    from hybridrl.preference.logprobs import completion_logps
+
+    if not completions:
+        return torch.zeros(0)
+    sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
+    lengths = [len(p) for p in prompt_ids]
+    return (completion_logps(policy, sequences, lengths, pad_token_id=pad_token_id, batch_size=batch_size)
+            - completion_logps(reference, sequences, lengths, pad_token_id=pad_token_id, batch_size=batch_size))
+
+
 def kl_to_reference(
     policy: PreTrainedModel,
     reference: PreTrainedModel,
@@ -161,13 +191,12 @@ def kl_to_reference(
     r"""Monte-Carlo :math:`KL(\pi \| \pi_{ref})` per answer on ``prompts``, in nats.
 
     Answers :math:`y \sim \pi(\cdot|x)` are sampled at temperature 1 (seeded), and the estimate is the mean
-    of :math:`\log\pi(y|x) - \log\pi_{ref}(y|x)` summed over each answer's tokens, with its standard error
-    over prompts (answers to one prompt correlate). A policy that wins by drifting far from its reference
-    shows it here: report it next to the win rate.
+    of :math:`\log\pi(y|x) - \log\pi_{ref}(y|x)` summed over each answer's tokens (:func:`answer_log_ratios`),
+    with its standard error over prompts (answers to one prompt correlate). A policy that wins by drifting
+    far from its reference shows it here: report it next to the win rate.
     """
     import torch
 
-    from hybridrl.preference.logprobs import completion_logps
     from hybridrl.preference.prompts import encode_prompts
     from hybridrl.preference.sampling import sample_completions
 
@@ -178,10 +207,7 @@ def kl_to_reference(
         policy, prompt_ids, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, max_new_tokens=max_new_tokens,
         temperature=1.0, generator=torch.Generator(device=device).manual_seed(seed), batch_size=batch_size,
     )
-    sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
-    lengths = [len(p) for p in prompt_ids]
-    ratio = (completion_logps(policy, sequences, lengths, pad_token_id=pad, batch_size=batch_size)
-             - completion_logps(reference, sequences, lengths, pad_token_id=pad, batch_size=batch_size))
+    ratio = answer_log_ratios(policy, reference, prompt_ids, completions, pad_token_id=pad, batch_size=batch_size)
     per_prompt = ratio.double().reshape(len(prompts), samples_per_prompt).mean(dim=1)
     stderr = float(per_prompt.std() / len(prompts) ** 0.5) if len(prompts) > 1 else float("nan")
     return {"kl": float(per_prompt.mean()), "kl_stderr": stderr}
