@@ -213,12 +213,18 @@ def make_accelerator(device: str | None, mixed_precision: str) -> Any:
 
     from hybridrl.core.seeding import resolve_device
 
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch and torchrun
     use_cpu = False
     if device not in (None, "", "auto"):
         resolved = resolve_device(device)  # one-line error when CUDA is asked for and absent
         use_cpu = resolved.type == "cpu"
         if resolved.type == "cuda" and resolved.index is not None:
+            if processes > 1:
+                raise ValueError(f"--device {device} pins one GPU, but {processes} processes were launched: "
+                                 "leave --device unset (each process takes the GPU of its local rank)")
             torch.cuda.set_device(resolved)  # single process on a chosen GPU
+    elif processes > 1 and not torch.cuda.is_available():
+        use_cpu = True  # else accelerate runs each launched CPU process alone, every one as rank 0
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
     check_data_parallel(accelerator.distributed_type)
     return accelerator
