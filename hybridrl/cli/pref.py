@@ -64,13 +64,19 @@ def _weights_dtype(name: str) -> torch.dtype:
     return choices[name]
 
 
+def _held_out_indices(n: int, fraction: float, seed: int, what: str) -> tuple[list[int], list[int]]:
+    """(kept, held out) indices of ``n`` items: a seeded ``fraction`` (at least one) held out, both in order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = max(1, round(fraction * n))
+    if held >= n:
+        raise ValueError(f"--eval-fraction {fraction} leaves no training {what} out of {n}")
+    return sorted(order[held:]), sorted(order[:held])
+
+
 def _hold_out(rows: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """(train rows, eval rows) of a ``datasets.Dataset``: a seeded ``fraction`` held out, rows kept in order."""
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = max(1, round(fraction * len(rows)))
-    if held >= len(rows):
-        raise ValueError(f"--eval-fraction {fraction} leaves no training pairs out of {len(rows)}")
-    return rows.select(sorted(order[held:])), rows.select(sorted(order[:held]))
+    kept, held = _held_out_indices(len(rows), fraction, seed, "pairs")
+    return rows.select(kept), rows.select(held)
 
 
 @app.command()
@@ -359,6 +365,19 @@ def _read_prompts(source: str | Path, split: str = "train", field: str | None = 
     return load_prompts(source, split=split, field=field)
 
 
+def _eval_prompts(train: list[Any], source: str | None, split: str, field: str | None) -> list[Any]:
+    """The prompts of ``--eval-prompts`` (none without it), warning on stderr about those also trained on."""
+    if source is None:
+        return []
+    from hybridrl.preference.prompts import load_prompts, prompt_key
+
+    held = load_prompts(source, split=split, field=field, split_option="--eval-prompts-split")
+    shared = len({prompt_key(p) for p in held} & {prompt_key(p) for p in train})
+    if shared:
+        typer.echo(f"warning: {shared} of the {len(held)} eval prompts are training prompts too", err=True)
+    return held
+
+
 PROMPTS_HELP = (
     "Prompts: a .jsonl/.json/.parquet file, a dataset directory or a Hugging Face dataset id; a prompt is "
     "text or a list of {role, content} messages (duplicates are dropped)."
@@ -397,6 +416,24 @@ def selfplay_command(
     ] = "run",
     max_new_tokens: Annotated[int, typer.Option(help="Longest sampled answer, in tokens.")] = 64,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the answers.")] = 1.0,
+    eval_prompts: Annotated[
+        str | None,
+        typer.Option(help="Held-out prompts (same kinds of source as --prompts, same --prompt-field) on which the "
+                     "policy is evaluated against the reference: eval/win_rate_vs_ref, eval/kl_to_ref."),
+    ] = None,
+    eval_prompts_split: Annotated[
+        str | None, typer.Option(help="Split of a dataset directory or Hub dataset for --eval-prompts "
+                                 "(default: --prompts-split).")
+    ] = None,
+    eval_fraction: Annotated[
+        float, typer.Option(help="Or hold out this fraction of the prompts (seeded by --seed) as eval prompts.")
+    ] = 0.0,
+    eval_every: Annotated[
+        int, typer.Option(help="Iterations between evaluations (always after the last; 0: only after the last).")
+    ] = 1,
+    eval_samples_per_prompt: Annotated[
+        int, typer.Option(help="Answers per eval prompt from the policy and from the reference.")
+    ] = 2,
     param: Annotated[
         list[str] | None, typer.Option(help="Method hyperparameter KEY=VALUE (e.g. eta=4); repeat.")
     ] = None,
@@ -431,6 +468,11 @@ def selfplay_command(
     them. With --lora-r only a LoRA adapter trains (the reference is the base model with the adapter
     disabled); OUT/model is saved with the adapter merged in, a plain model.
 
+    With --eval-prompts (or --eval-fraction) the policy is evaluated on held-out prompts every --eval-every
+    iterations and after the last: its win rate over the reference under the judge and its KL to the
+    reference, on the iteration's metrics line (the judge calls of evaluations are eval/judge_calls, not
+    judge_calls).
+
     Several GPUs: `accelerate launch --multi_gpu --num_processes N -m hybridrl.cli.pref selfplay ...` (or
     torchrun): each process samples and judges its share of the prompts, gradients are summed over the
     processes (data-parallel; FSDP and DeepSpeed are refused), only the first process writes to OUT.
@@ -442,6 +484,10 @@ def selfplay_command(
         from hybridrl.preference.selfplay_parallel import launched_processes, make_processes
         from hybridrl.preference.selfplay_spec import method_config
 
+        if eval_prompts is not None and eval_fraction > 0:
+            raise ValueError("give --eval-prompts or --eval-fraction, not both")
+        if not 0.0 <= eval_fraction < 1.0:
+            raise ValueError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
         spec = resolve_selfplay_method(method)
         config = method_config(spec, _parse_params(param))
         run_config = SelfPlayConfig(
@@ -456,6 +502,8 @@ def selfplay_command(
             lr_schedule_span=lr_schedule_span,  # type: ignore[arg-type]
             max_new_tokens=max_new_tokens,
             temperature=temperature,
+            eval_every=eval_every,
+            eval_samples_per_prompt=eval_samples_per_prompt,
             lora_r=lora_r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
@@ -471,6 +519,10 @@ def selfplay_command(
         )
         weights_dtype = _weights_dtype(dtype)
         prompt_list = _read_prompts(prompts, prompts_split, prompt_field)
+        eval_list = _eval_prompts(prompt_list, eval_prompts, eval_prompts_split or prompts_split, prompt_field)
+        if eval_fraction > 0:
+            kept, held = _held_out_indices(len(prompt_list), eval_fraction, seed, "prompts")
+            prompt_list, eval_list = [prompt_list[i] for i in kept], [prompt_list[i] for i in held]
         # a learned judge loads after the cheap checks, on the policy's device (each process's own when
         # several were launched)
         judge_device = device
@@ -494,6 +546,7 @@ def selfplay_command(
             prompts=prompt_list,
             judge=oracle,
             out_dir=out,
+            eval_prompts=eval_list,
         )
         last = trainer.run()
         if not trainer.processes.is_main:

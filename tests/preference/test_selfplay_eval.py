@@ -173,3 +173,85 @@ def test_evaluations_come_every_few_iterations_and_after_the_last():
     assert [t for t in range(3) if eval_due(t, 1, 3)] == [0, 1, 2]
     with pytest.raises(ValueError, match="eval_every >= 0"):
         SelfPlayConfig(eval_every=-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# `hybridrl pref selfplay --eval-prompts / --eval-fraction`
+
+CLI_TINY = ("--iterations", 1, "--samples-per-prompt", 2, "--steps-per-iteration", 2, "--batch-size", 4,
+            "--max-new-tokens", 4, "--lr", 1e-3, "--device", "cpu", "--no-progress")
+
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from hybridrl.cli.pref import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def prompt_file(tmp_path, split):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in split[0][:6]))
+    return path
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """The prompts and eval prompts each SelfPlayTrainer the command builds is given."""
+    real, calls = SelfPlayTrainer.__init__, []
+
+    def init(self, **kwargs):
+        calls.append((kwargs["prompts"], kwargs["eval_prompts"]))
+        real(self, **kwargs)
+
+    monkeypatch.setattr(SelfPlayTrainer, "__init__", init)
+    return calls
+
+
+def test_cli_eval_fraction_holds_out_prompts_it_never_trains_on(tiny_lm, prompt_file, seen, tmp_path,
+                                                                one_torch_thread):
+    args = ("selfplay", "inpo", "--model", tiny_lm[0], "--prompts", prompt_file, "--out", tmp_path / "run",
+            *CLI_TINY, "--eval-fraction", 0.5, "--eval-samples-per-prompt", 3)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    train, held = seen[0]
+    everything = [json.loads(line)["prompt"] for line in prompt_file.read_text().splitlines()]
+    assert len(train) == len(held) == 3 and sorted(train + held) == sorted(everything)
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert line["eval/judge_calls"] == 3 * 3 and 0.0 <= line["eval/win_rate_vs_ref"] <= 1.0
+    assert "eval/win_rate_vs_ref=" in result.stdout
+    assert len(torch.load(tmp_path / "run" / "iterations" / "iter-0000-samples.pt")["prompt_indices"]) == 3
+    again = invoke(*args)  # the same seeded split: the run resumes (finished, nothing asked again)
+    assert again.exit_code == 0 and "0 new judge calls" in again.stdout and seen[1] == seen[0]
+
+
+def test_cli_eval_prompts_from_a_file_and_a_warning_when_they_are_trained_on(tiny_lm, prompt_file, tmp_path, split,
+                                                                             seen, one_torch_thread):
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in split[1][:2]))
+    base = ("selfplay", "inpo", "--model", tiny_lm[0], "--prompts", prompt_file, *CLI_TINY)
+    result = invoke(*base, "--out", tmp_path / "a", "--eval-prompts", held_out)
+    assert result.exit_code == 0, result.output
+    assert seen[0][1] == split[1][:2] and "warning" not in result.stderr
+    assert json.loads((tmp_path / "a" / "metrics.jsonl").read_text())["eval/judge_calls"] == 2 * 2
+    result = invoke(*base, "--out", tmp_path / "b", "--eval-prompts", prompt_file, "--eval-every", 0)
+    assert result.exit_code == 0, result.output
+    assert "warning: 6 of the 6 eval prompts are training prompts too" in result.stderr
+
+
+def test_cli_eval_options_fail_in_one_line(tiny_lm, prompt_file, tmp_path, seen):
+    base = ("selfplay", "inpo", "--model", tiny_lm[0], "--prompts", prompt_file, "--out", tmp_path / "r", *CLI_TINY)
+    for extra, message in (
+        (("--eval-prompts", prompt_file, "--eval-fraction", 0.2), "give --eval-prompts or --eval-fraction, not both"),
+        (("--eval-fraction", 0.95), "--eval-fraction 0.95 leaves no training prompts out of 6"),
+        (("--eval-fraction", 1.0), "--eval-fraction must be in [0, 1)"),
+        (("--eval-every", -1), "eval_every >= 0"),
+        (("--eval-prompts", tmp_path / "nope.jsonl"), "does not exist"),
+    ):
+        result = invoke(*base, *extra)
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert seen == []  # refused before any model was loaded

@@ -45,7 +45,8 @@ WORKER = textwrap.dedent('''
         trainer = SelfPlayTrainer(spec=spec, method_config=method_config(spec),
                                   config=SelfPlayConfig(**job["settings"]), model=load_causal_lm(job["model"]),
                                   ref_model=load_causal_lm(job["model"]), tokenizer=load_tokenizer(job["model"]),
-                                  prompts=job["prompts"], judge=judge, out_dir=out)
+                                  prompts=job["prompts"], judge=judge, out_dir=out,
+                                  eval_prompts=job["eval_prompts"] if out == job["eval_run"] else None)
         half = []
         real = trainer.collect_half_step_opponents
 
@@ -54,9 +55,10 @@ WORKER = textwrap.dedent('''
             return real(iteration, samples)
 
         trainer.collect_half_step_opponents = collect
-        trainer.run()
+        last = trainer.run()
         rank = trainer.processes.rank
         torch.save({"world": trainer.processes.world, "calls": judge.calls, "judge_calls": trainer.judge_calls,
+                    "last": last,
                     "half": half[0], "params": torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])},
                    f"{out}/rank{rank}.pt")
 ''')
@@ -109,8 +111,11 @@ def test_two_processes_judge_as_often_agree_and_update_as_one(tiny_lm, text_rows
             shutil.copy(path, tmp_path / name / "iterations" / path.name)
     runs = [str(tmp_path / name) for name in ("fresh", "replay", "copied")]
     job = tmp_path / "job.json"
+    # the fresh run also evaluates on 5 held-out prompts: uneven shards of 2 and 3
+    eval_prompts = prompts[-5:]
     job.write_text(json.dumps({"method": "egpo", "model": str(tiny_lm[0]), "prompts": prompts,
-                               "settings": SETTINGS, "runs": runs}))
+                               "settings": SETTINGS, "runs": runs, "eval_prompts": eval_prompts,
+                               "eval_run": runs[0]}))
     (tmp_path / "worker.py").write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
@@ -122,16 +127,23 @@ def test_two_processes_judge_as_often_agree_and_update_as_one(tiny_lm, text_rows
                for name in ("fresh", "replay", "copied")}
     assert all(r["world"] == 2 for ranks in results.values() for r in ranks)
 
-    # fresh: the judge answered the one-process number of questions in all; both ranks hold equal weights
+    # fresh: the judge answered the one-process number of questions in all, and those of two evaluations (the
+    # training judge_calls leave them out); both ranks hold equal weights and the same evaluation
     fresh = results["fresh"]
+    evaluations = 2 * len(eval_prompts) * 2  # eval_every 1, two answers per prompt
     assert fresh[0]["calls"] > 0 and fresh[1]["calls"] > 0
-    assert fresh[0]["calls"] + fresh[1]["calls"] == judge.calls == fresh[0]["judge_calls"] == fresh[1]["judge_calls"]
+    assert fresh[0]["calls"] + fresh[1]["calls"] == judge.calls + evaluations
+    assert judge.calls == fresh[0]["judge_calls"] == fresh[1]["judge_calls"]
+    evaluated = [{k: v for k, v in rank["last"].items() if k.startswith("eval/")} for rank in fresh]
+    assert evaluated[0] == evaluated[1] and evaluated[0]["eval/judge_calls"] == len(eval_prompts) * 2
     assert torch.equal(fresh[0]["params"], fresh[1]["params"])
     assert not torch.equal(fresh[0]["params"], params(load_causal_lm(tiny_lm[0])))
     saved = params(load_causal_lm(tmp_path / "fresh" / "model"))
     assert torch.equal(saved, fresh[0]["params"])
     lines = [json.loads(line) for line in (tmp_path / "fresh" / "metrics.jsonl").read_text().splitlines()]
-    assert [line["iteration"] for line in lines] == [0, 1]
+    assert [line["iteration"] for line in lines] == [0, 1]  # written once, by the main process
+    assert lines[-1]["eval/win_rate_vs_ref"] == fresh[0]["last"]["eval/win_rate_vs_ref"]
+    assert all(0.0 <= line["eval/win_rate_vs_ref"] <= 1.0 for line in lines)
     assert len(list((tmp_path / "fresh" / "iterations").glob("*.pt"))) == 4
 
     # given the same samples the steps are the one-process steps (the sums differ only in order)
