@@ -12,7 +12,8 @@ iteration's metrics line gets:
   policy's answers of :math:`\log\pi(y|x) - \log\pi_{ref}(y|x)`
   (:func:`hybridrl.preference.winrate.answer_log_ratios`). The KL is that of the model's own
   distribution, so its answers are those above at temperature 1, else a second draw at temperature 1;
-- ``eval/judge_calls``: the evaluation's judge queries, kept out of the training ``judge_calls``.
+- ``eval/judge_calls``: the answer pairs the evaluation judged (counted as the training's ``judge_calls``
+  counts its pairs), kept out of the training ``judge_calls``, which benchmarks sum as the training cost.
 
 The reference is the trainer's: a frozen copy, or with LoRA the base model with the adapter disabled.
 
