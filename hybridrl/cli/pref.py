@@ -1,4 +1,5 @@
-"""``hybridrl pref ...``: train pairwise preference methods, build and evaluate the synthetic task.
+"""``hybridrl pref ...``: train pairwise preference methods and reward-model judges, build and evaluate
+the synthetic task, win-rate matrices, games; self-play lives in :mod:`hybridrl.cli.pref_selfplay`.
 
 Mounted by the main CLI as ``hybridrl pref``; ``python -m hybridrl.cli.pref`` runs it alone (what
 ``accelerate launch -m hybridrl.cli.pref train ...`` needs). Importing this module
@@ -11,15 +12,26 @@ to the last checkpoint is saved; rerunning the command resumes).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 
 from hybridrl.cli.errors import one_line_errors
-from hybridrl.core.seeding import num_threads_from_env
+from hybridrl.cli.pref_common import (
+    JUDGE_HELP,
+    PROMPT_FIELD_HELP,
+    PROMPTS_HELP,
+    AttentionOption,
+    CheckpointingOption,
+    DtypeOption,
+    ReportOption,
+    held_out_indices,
+    parse_dtype,
+    read_prompts,
+    run_command,
+)
+from hybridrl.cli.pref_selfplay import selfplay_command
 
 app = typer.Typer(
     help="Preference optimization on language models (DPO, IPO, f-DPO), self-play Nash learning "
@@ -28,54 +40,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-def _quiet_libraries() -> None:
-    """The CLI prints its own summary: silence the per-file progress bars of datasets and transformers."""
-    from hybridrl.preference.models import quiet_hf_libraries
-
-    quiet_hf_libraries()
-
-
-def _run(body: Callable[[], Any]) -> Any:
-    with one_line_errors():
-        _quiet_libraries()
-        threads = num_threads_from_env()
-        if threads:
-            # on a shared or small CPU, fewer intra-op threads avoid oversubscription (measured 40x here)
-            torch.set_num_threads(threads)
-        return body()
-
-
-# Options both trainers take.
-DtypeOption = Annotated[str, typer.Option(help="Weights' dtype when loading: float32, bfloat16 or float16 (GPU).")]
-AttentionOption = Annotated[
-    str | None, typer.Option(help="sdpa, eager, flash_attention_2, ... (default: transformers' choice).")
-]
-CheckpointingOption = Annotated[
-    bool, typer.Option(help="Recompute activations in the backward pass (less memory, more time).")
-]
-ReportOption = Annotated[list[str] | None, typer.Option(help="Also log to tensorboard and/or wandb (repeat).")]
-
-
-def _weights_dtype(name: str) -> torch.dtype:
-    """--dtype NAME as a torch dtype; one line naming the choices otherwise."""
-    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in choices:
-        raise ValueError(f"unknown --dtype {name!r}: use {', '.join(choices)}")
-    return choices[name]
-
-
-def _held_out_indices(n: int, fraction: float, seed: int, what: str) -> tuple[list[int], list[int]]:
-    """(kept, held out) indices of ``n`` items: a seeded ``fraction`` (at least one) held out, both in order."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = max(1, round(fraction * n))
-    if held >= n:
-        raise ValueError(f"--eval-fraction {fraction} leaves no training {what} out of {n}")
-    return sorted(order[held:]), sorted(order[:held])
-
-
 def _hold_out(rows: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """(train rows, eval rows) of a ``datasets.Dataset``: a seeded ``fraction`` held out, rows kept in order."""
-    kept, held = _held_out_indices(len(rows), fraction, seed, "pairs")
+    kept, held = held_out_indices(len(rows), fraction, seed, "pairs")
     return rows.select(kept), rows.select(held)
 
 
@@ -171,7 +138,7 @@ def train(
             raise ValueError(f"unknown mixed_precision {mixed_precision!r}: use 'no', 'bf16' or 'fp16'")
         if lr_schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}: use 'linear', 'cosine' or 'constant'")
-        weights_dtype = _weights_dtype(dtype)
+        weights_dtype = parse_dtype(dtype)
         if eval_split is not None and eval_fraction > 0:
             raise ValueError("give --eval-split or --eval-fraction, not both")
         if not 0.0 <= eval_fraction < 1.0:
@@ -232,7 +199,7 @@ def train(
         )
         typer.echo(f"{method}: {trainer.step} steps, {summary}; model in {run_dir / 'model'}")
 
-    _run(body)
+    run_command(body)
 
 
 @app.command("make-task")
@@ -259,7 +226,7 @@ def make_task_command(
             f"{summary['sft_mean_judge_score']:.2f}/{summary['max_judge_score']:.0f}"
         )
 
-    _run(body)
+    run_command(body)
 
 
 @app.command("eval-task")
@@ -292,7 +259,7 @@ def eval_task_command(
                                       samples_per_prompt=samples_per_prompt))
         typer.echo(json.dumps(result, indent=2))
 
-    _run(body)
+    run_command(body)
 
 
 @app.command("games")
@@ -353,212 +320,8 @@ def games_command(
     typer.echo(f"plot: {out}")
 
 
-def _parse_params(params: list[str] | None) -> dict[str, str]:
-    from hybridrl.core.config import parse_assignments
 
-    return parse_assignments(params, "--param")
-
-
-def _read_prompts(source: str | Path, split: str = "train", field: str | None = None) -> list[Any]:
-    from hybridrl.preference.prompts import load_prompts
-
-    return load_prompts(source, split=split, field=field)
-
-
-def _eval_prompts(train: list[Any], source: str | None, split: str, field: str | None) -> list[Any]:
-    """The prompts of ``--eval-prompts`` (none without it), warning on stderr about those also trained on."""
-    if source is None:
-        return []
-    from hybridrl.preference.prompts import load_prompts, prompt_key
-
-    held = load_prompts(source, split=split, field=field, split_option="--eval-prompts-split")
-    shared = len({prompt_key(p) for p in held} & {prompt_key(p) for p in train})
-    if shared:
-        typer.echo(f"warning: {shared} of the {len(held)} eval prompts are training prompts too", err=True)
-    return held
-
-
-PROMPTS_HELP = (
-    "Prompts: a .jsonl/.json/.parquet file, a dataset directory or a Hugging Face dataset id; a prompt is "
-    "text or a list of {role, content} messages (duplicates are dropped)."
-)
-PROMPT_FIELD_HELP = "Column holding the prompts (default: prompt, else messages)."
-JUDGE_HELP = ("majority, weighted, bt:PATH, pairwise:PATH, rm:ID_OR_PATH (a reward model) or lm:ID_OR_PATH "
-              "(a causal LM asked which answer is better), on --device.")
-
-
-@app.command("selfplay")
-def selfplay_command(
-    method: Annotated[str, typer.Argument(help="inpo, sppo, nash_mp, egpo, nash_md, online_ipo or online_dpo.")],
-    model: Annotated[str, typer.Option(help="Initial policy and reference: HF model id or local directory.")],
-    prompts: Annotated[str, typer.Option(help=PROMPTS_HELP)],
-    out: Annotated[Path, typer.Option(help="Run directory; rerunning with it resumes.")],
-    judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "majority",
-    prompts_split: Annotated[str, typer.Option(help="Split of a dataset directory or Hub dataset.")] = "train",
-    prompt_field: Annotated[str | None, typer.Option(help=PROMPT_FIELD_HELP)] = None,
-    position_bias: Annotated[str, typer.Option(help="none, both (average both orders) or flip.")] = "none",
-    iterations: Annotated[int, typer.Option(help="Rounds of sampling, judging and updating.")] = 3,
-    samples_per_prompt: Annotated[int, typer.Option(help="Answers K per prompt and iteration.")] = 4,
-    prompts_per_iteration: Annotated[
-        int | None, typer.Option(help="Prompts drawn per iteration (default all).")
-    ] = None,
-    steps_per_iteration: Annotated[
-        int, typer.Option(help="Optimizer steps per iteration and phase (online_ipo, nash_md: one).")
-    ] = 20,
-    batch_size: Annotated[int, typer.Option(help="Answer pairs per step.")] = 64,
-    learning_rate: Annotated[float, typer.Option("--lr", help="Optimizer learning rate.")] = 5e-7,
-    lr_schedule: Annotated[
-        str, typer.Option(help="Rate after warm-up: constant, linear or cosine (to 0 at the span's end).")
-    ] = "constant",
-    warmup_ratio: Annotated[float, typer.Option(help="Fraction of the span's steps warmed up linearly from 0.")] = 0.0,
-    lr_schedule_span: Annotated[
-        str, typer.Option(help="run (the whole run's kept steps) or iteration (restart every iteration).")
-    ] = "run",
-    max_new_tokens: Annotated[int, typer.Option(help="Longest sampled answer, in tokens.")] = 64,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature of the answers.")] = 1.0,
-    eval_prompts: Annotated[
-        str | None,
-        typer.Option(help="Held-out prompts (same kinds of source as --prompts, same --prompt-field) on which the "
-                     "policy is evaluated against the reference: eval/win_rate_vs_ref, eval/kl_to_ref."),
-    ] = None,
-    eval_prompts_split: Annotated[
-        str | None, typer.Option(help="Split of a dataset directory or Hub dataset for --eval-prompts "
-                                 "(default: --prompts-split).")
-    ] = None,
-    eval_fraction: Annotated[
-        float, typer.Option(help="Or hold out this fraction of the prompts (seeded by --seed) as eval prompts.")
-    ] = 0.0,
-    eval_every: Annotated[
-        int, typer.Option(help="Iterations between evaluations (always after the last; 0: only after the last).")
-    ] = 1,
-    eval_samples_per_prompt: Annotated[
-        int, typer.Option(help="Answers per eval prompt from the policy and from the reference.")
-    ] = 2,
-    param: Annotated[
-        list[str] | None, typer.Option(help="Method hyperparameter KEY=VALUE (e.g. eta=4); repeat.")
-    ] = None,
-    lora_r: Annotated[
-        int, typer.Option(help="LoRA rank (0: full fine-tuning); the reference is then the base model.")
-    ] = 0,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA scaling numerator.")] = 16,
-    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.0,
-    lora_target_modules: Annotated[
-        str, typer.Option(help="Comma-separated module names with adapters, or all-linear.")
-    ] = "all-linear",
-    micro_batch_size: Annotated[
-        int | None, typer.Option(help="Answer pairs per forward, gradients accumulated (default: the batch).")
-    ] = None,
-    mixed_precision: Annotated[
-        str, typer.Option(help="no, bf16 or fp16 (autocast of the training forward; fp16 loss-scaled, CUDA only).")
-    ] = "no",
-    dtype: DtypeOption = "float32",
-    attn_implementation: AttentionOption = None,
-    gradient_checkpointing: CheckpointingOption = False,
-    cpu_backups: Annotated[
-        bool, typer.Option(help="Keep the extragradient backup (weights, AdamW state) in host memory.")
-    ] = False,
-    report_to: ReportOption = None,
-    seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, initialization).")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: automatic).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar over iterations.")] = True,
-) -> None:
-    """Self-play Nash learning: sample K answers per prompt, judge them, update; resumes from OUT.
-
-    Judged samples are saved before each update, so a rerun after a kill never asks the judge again about
-    them. With --lora-r only a LoRA adapter trains (the reference is the base model with the adapter
-    disabled); OUT/model is saved with the adapter merged in, a plain model.
-
-    With --eval-prompts (or --eval-fraction) the policy is evaluated on held-out prompts every --eval-every
-    iterations and after the last: its win rate over the reference under the judge and its KL to the
-    reference, on the iteration's metrics line (the judge calls of evaluations are eval/judge_calls, not
-    judge_calls).
-
-    Several GPUs: `accelerate launch --multi_gpu --num_processes N -m hybridrl.cli.pref selfplay ...` (or
-    torchrun): each process samples and judges its share of the prompts, gradients are summed over the
-    processes (data-parallel; FSDP and DeepSpeed are refused), only the first process writes to OUT.
-    """
-
-    def body() -> None:
-        from hybridrl.preference.oracles import resolve_judge
-        from hybridrl.preference.selfplay import SelfPlayConfig, resolve_selfplay_method
-        from hybridrl.preference.selfplay_parallel import launched_processes, make_processes
-        from hybridrl.preference.selfplay_spec import method_config
-
-        if eval_prompts is not None and eval_fraction > 0:
-            raise ValueError("give --eval-prompts or --eval-fraction, not both")
-        if not 0.0 <= eval_fraction < 1.0:
-            raise ValueError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
-        spec = resolve_selfplay_method(method)
-        config = method_config(spec, _parse_params(param))
-        run_config = SelfPlayConfig(
-            iterations=iterations,
-            samples_per_prompt=samples_per_prompt,
-            prompts_per_iteration=prompts_per_iteration,
-            steps_per_iteration=steps_per_iteration,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            lr_schedule=lr_schedule,  # type: ignore[arg-type]
-            warmup_ratio=warmup_ratio,
-            lr_schedule_span=lr_schedule_span,  # type: ignore[arg-type]
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            eval_every=eval_every,
-            eval_samples_per_prompt=eval_samples_per_prompt,
-            lora_r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            lora_target_modules=tuple(m.strip() for m in lora_target_modules.split(",") if m.strip()),
-            micro_batch_size=micro_batch_size,
-            mixed_precision=mixed_precision,  # type: ignore[arg-type]
-            gradient_checkpointing=gradient_checkpointing,
-            cpu_backups=cpu_backups,
-            report_to=tuple(report_to or ()),
-            seed=seed,
-            device=device,
-            progress=progress,
-        )
-        weights_dtype = _weights_dtype(dtype)
-        prompt_list = _read_prompts(prompts, prompts_split, prompt_field)
-        eval_list = _eval_prompts(prompt_list, eval_prompts, eval_prompts_split or prompts_split, prompt_field)
-        if eval_fraction > 0:
-            kept, held = _held_out_indices(len(prompt_list), eval_fraction, seed, "prompts")
-            prompt_list, eval_list = [prompt_list[i] for i in kept], [prompt_list[i] for i in held]
-        # a learned judge loads after the cheap checks, on the policy's device (each process's own when
-        # several were launched)
-        judge_device = device
-        if launched_processes() > 1:
-            judge_device = str(make_processes(device).device)
-        oracle = resolve_judge(judge, position_bias=position_bias, seed=seed, device=judge_device)  # type: ignore[arg-type]
-        from hybridrl.core.session import prepare_run_dir
-
-        prepare_run_dir(out)  # before the models load
-
-        from hybridrl.preference.models import load_causal_lm, load_tokenizer
-        from hybridrl.preference.selfplay import SelfPlayTrainer
-
-        trainer = SelfPlayTrainer(
-            spec=spec,
-            method_config=config,
-            config=run_config,
-            # the reference: a frozen copy, or with LoRA the adapter-free base
-            model=load_causal_lm(model, dtype=weights_dtype, attn_implementation=attn_implementation),
-            tokenizer=load_tokenizer(model),
-            prompts=prompt_list,
-            judge=oracle,
-            out_dir=out,
-            eval_prompts=eval_list,
-        )
-        last = trainer.run()
-        if not trainer.processes.is_main:
-            return  # one summary line per run, not per process
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
-        typer.echo(
-            f"{method}: {trainer.iteration} iterations, {trainer.judge_calls} new judge calls"
-            + (f", last: {summary}" if summary else "")
-            + f"; model in {out / 'model'}"
-        )
-
-    _run(body)
+app.command("selfplay")(selfplay_command)  # its own room: hybridrl.cli.pref_selfplay
 
 
 @app.command("winrate")
@@ -601,7 +364,7 @@ def winrate_command(
         if samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
         source = task / "test_prompts.jsonl" if task is not None else prompts
-        prompt_texts = _read_prompts(source, prompts_split, prompt_field)  # type: ignore[arg-type]
+        prompt_texts = read_prompts(source, prompts_split, prompt_field)  # type: ignore[arg-type]
         prompt_texts = prompt_texts[:num_prompts] if num_prompts else prompt_texts
         oracle = resolve_judge(judge, position_bias=position_bias, seed=seed)  # type: ignore[arg-type]
 
@@ -622,7 +385,7 @@ def winrate_command(
         typer.echo(format_matrix(matrix))
         typer.echo(f"matrix in {out}")
 
-    _run(body)
+    run_command(body)
 
 
 @app.command("train-judge")
@@ -682,7 +445,7 @@ def train_judge_command(
         judge.save(out)
         typer.echo(f"{kind} judge trained on {len(rows)} pairs: use --judge {kind}:{out}")
 
-    _run(body)
+    run_command(body)
 
 
 def _train_reward_model(pairs: str, out: Path, model: str | None, *, split: str, **settings: Any) -> None:
