@@ -16,7 +16,9 @@ Usage::
         --sampled-iterations 300
 
 Also runs the MLP-policy versions (``games_neural``, exact preferences). Writes ``results.json`` and
-``gap_exact.png``, ``gap_sampled_<T>.png``, ``gap_neural.png`` into ``--out``. ``plot_gap_curves``
+``gap_exact.png``, ``gap_sampled_<T>.png``, ``gap_neural.png`` into ``--out``, each against iterations,
+and beside them the same gaps against oracle queries (``*_queries.png``; Nash-MP and EGPO ask twice per
+iteration) and, for the MLP policies, against SGD steps (``gap_neural_steps.png``). ``plot_gap_curves``
 (in ``hybridrl.preference.games``) is the function behind ``hybridrl pref games``.
 """
 
@@ -42,11 +44,12 @@ from hybridrl.preference.games import (
     METHODS,
     default_lr,
     duality_gap_batched,
+    queries_per_iteration,
     random_games,
     regularized_nash_batched,
     solve_batched,
 )
-from hybridrl.preference.games_neural import solve_neural
+from hybridrl.preference.games_neural import gradient_steps_per_iteration, solve_neural
 
 # (label, method, lr): EGPO is also run at its paper's tabular step (lr_sgd = 0.1 -> eta = 4 lr / (n beta)).
 RUNS: list[tuple[str, str, str | None]] = [
@@ -127,6 +130,7 @@ def run_methods(
         gap = np.concatenate(gaps, axis=1)  # (T + 1, games)
         entry: dict = {
             "method": method,
+            "queries_per_iteration": queries_per_iteration(method, n, samples),
             "lr": _lr_for(lr_tag, n, beta),  # None: the method's default (see games.default_lr)
             "default_lr": default_lr(method, beta, n),
             "gap_start": gap[0].tolist(),
@@ -178,6 +182,8 @@ def run_neural(
         label = "sppo / MWU (beta=0 gap)" if method == "sppo" else method
         results[label] = {
             "method": method,
+            "gradient_steps_per_iteration": gradient_steps_per_iteration(method),
+            "queries_per_iteration": queries_per_iteration(method, n, None),
             "lr": lr,
             "gap_start_median": float(np.median(gap[0])),
             "gap_final": gap[-1].tolist(),
@@ -189,13 +195,19 @@ def run_neural(
     return results
 
 
-def _plot(results: dict[str, dict], title: str, path: Path, zoom: int | None = None) -> None:
+X_AXES = {"iteration": None, "oracle queries": "queries_per_iteration",
+          "gradient steps": "gradient_steps_per_iteration"}
+"""x-axis label -> the entry's per-iteration count it scales iterations by (methods differ in both)."""
+
+
+def _plot(results: dict[str, dict], title: str, path: Path, zoom: int | None = None, x: str = "iteration") -> None:
     panels = [None, zoom] if zoom else [None]
+    per_iteration = X_AXES[x]
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
     for ax, limit in zip(axes[0], panels, strict=True):
         for label, entry in results.items():
             gaps = np.maximum(entry["_gaps"], FLOOR)
-            steps = np.arange(gaps.shape[0])
+            steps = np.arange(gaps.shape[0]) * (entry[per_iteration] if per_iteration else 1)
             if limit:
                 gaps, steps = gaps[: limit + 1], steps[: limit + 1]
             median = np.quantile(gaps, 0.5, axis=1)
@@ -218,7 +230,7 @@ def _plot(results: dict[str, dict], title: str, path: Path, zoom: int | None = N
                 )
         ax.axhline(1e-6, color="grey", lw=0.8, ls="--")
         ax.set_yscale("log")
-        ax.set_xlabel("iteration")
+        ax.set_xlabel(x)
         ax.set_ylabel("duality gap (median, 10-90% band)")
         ax.set_title(title if not limit else f"first {limit} iterations")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -303,12 +315,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
 
     exact = run_methods(args.n, args.beta, args.iterations, args.seeds, args.games, None, device)
-    _plot(
-        exact,
-        f"exact preferences: n={args.n}, beta={args.beta}, seeds {args.seeds}",
-        args.out / "gap_exact.png",
-        zoom=200,
-    )
+    exact_title = f"exact preferences: n={args.n}, beta={args.beta}, seeds {args.seeds}"
+    _plot(exact, exact_title, args.out / "gap_exact.png", zoom=200)
+    _plot(exact, exact_title, args.out / "gap_exact_queries.png", zoom=200, x="oracle queries")
     report: dict = {
         "config": {**vars(args), "out": str(args.out), "device": str(device)},
         "commit": _git_commit(),
@@ -317,12 +326,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for iterations in args.sampled_iterations:
         sampled = run_methods(args.n, args.beta, iterations, args.seeds, args.games, args.samples, device)
-        name = f"gap_sampled_{iterations}.png"
-        _plot(
-            sampled,
-            f"{args.samples} samples per estimate: n={args.n}, beta={args.beta}, seeds {args.seeds}",
-            args.out / name,
-        )
+        sampled_title = f"{args.samples} samples per estimate: n={args.n}, beta={args.beta}, seeds {args.seeds}"
+        _plot(sampled, sampled_title, args.out / f"gap_sampled_{iterations}.png")
+        _plot(sampled, sampled_title, args.out / f"gap_sampled_{iterations}_queries.png", x="oracle queries")
         report["sampled"][str(iterations)] = {"summary": _summary(sampled, args.beta)}
         for entry in sampled.values():
             entry.pop("_gaps")
@@ -334,9 +340,9 @@ def main(argv: list[str] | None = None) -> dict:
         neural = run_neural(
             args.n, args.beta, args.neural_iterations, args.seeds, args.games, args.neural_lr, device
         )
-        _plot(
-            neural, f"MLP policies, exact preferences, SGD lr {args.neural_lr}", args.out / "gap_neural.png"
-        )
+        neural_title = f"MLP policies, exact preferences, SGD lr {args.neural_lr}"
+        _plot(neural, neural_title, args.out / "gap_neural.png")
+        _plot(neural, neural_title, args.out / "gap_neural_steps.png", x="gradient steps")
         for entry in neural.values():
             entry.pop("_gaps")
         report["neural"] = neural

@@ -320,7 +320,6 @@ def games_command(
     typer.echo(f"plot: {out}")
 
 
-
 app.command("selfplay")(selfplay_command)  # its own room: hybridrl.cli.pref_selfplay
 
 

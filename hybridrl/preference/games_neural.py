@@ -52,7 +52,8 @@ from torch import nn
 from hybridrl.preference.games_core import WIN_RATE_LIPSCHITZ, _as_batch, _check_beta, _win_rates
 from hybridrl.preference.games_solvers import _sampled_win_rate
 
-__all__ = ["NEURAL_METHODS", "BatchedMLPPolicy", "online_ipo1_loss", "online_ipo2_loss", "solve_neural"]
+__all__ = ["NEURAL_METHODS", "BatchedMLPPolicy", "gradient_steps_per_iteration", "online_ipo1_loss",
+           "online_ipo2_loss", "solve_neural"]
 
 Tensor = torch.Tensor
 WinRateFn = Callable[[Tensor], Tensor]
@@ -203,6 +204,14 @@ def solve_neural(
 
 
 NeuralStep = Callable[[BatchedMLPPolicy, Tensor, Tensor, float, float, int, WinRateFn], None]
+
+
+def gradient_steps_per_iteration(method: str, inner_steps: int = 10) -> int:
+    """SGD steps one iteration of ``method`` takes: EGPO two (the half step and the step), Nash-MP and
+    SPPO ``inner_steps`` fitting their target, the others one. A fair x-axis across methods."""
+    if method not in NEURAL_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(NEURAL_METHODS)}")
+    return {"egpo": 2, "nash_mp": inner_steps, "sppo": inner_steps}.get(method, 1)
 
 
 def _egpo(

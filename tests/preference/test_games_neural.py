@@ -9,6 +9,7 @@ from hybridrl.preference.games import duality_gap_batched, random_games, solve_b
 from hybridrl.preference.games_neural import (
     NEURAL_METHODS,
     BatchedMLPPolicy,
+    gradient_steps_per_iteration,
     online_ipo1_loss,
     solve_neural,
 )
@@ -69,3 +70,15 @@ def test_unknown_neural_method_lists_valid_ones() -> None:
     P, reference = random_games(1, 4, seed=0)
     with pytest.raises(ValueError, match="valid methods: nash_mp, egpo"):
         solve_neural(P, reference, "dpo", 0.1, 1)
+
+
+@pytest.mark.parametrize("method", NEURAL_METHODS)
+def test_gradient_steps_per_iteration_counts_the_sgd_steps_taken(method: str, monkeypatch) -> None:
+    from hybridrl.preference import games_neural
+
+    taken = []
+    real = games_neural._sgd_step
+    monkeypatch.setattr(games_neural, "_sgd_step", lambda *args: taken.append(1) or real(*args))
+    P, reference = random_games(2, 4, seed=0)
+    solve_neural(P, reference, method, 0.1, iterations=3, inner_steps=4)
+    assert len(taken) == 3 * gradient_steps_per_iteration(method, inner_steps=4)
