@@ -6,7 +6,7 @@ Nash-MD, online IPO) and online iterative DPO sample and judge their own answers
 :class:`~hybridrl.preference.task.MajorityJudge` (a majority vote of three criteria, which has Condorcet
 cycles); DPO trains on the task's pairs relabelled by the same judge. The protocol:
 
-1. **tune**: each method (DPO included) trains its ``candidates`` (three each, ``configs/preference/
+1. **tune**: each method (DPO included) trains its ``candidates`` (four each, ``configs/preference/
    nash_selfplay.yaml``) at ``tune_seed``; each is scored by its win rate over SFT on the *validation*
    prompts, and the best is kept;
 2. **report**: the kept setting trains at every seed in ``seeds`` (the tuning run is reused for
