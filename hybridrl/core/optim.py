@@ -1,7 +1,8 @@
-"""Optimizers shared by the control methods."""
+"""Optimizers shared by the control methods, and the learning-rate schedule of the preference trainers."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -53,3 +54,17 @@ def load_optimizer_states(optimizers: dict[str, torch.optim.Optimizer], state: d
 
     for name, optim in optimizers.items():
         optim.load_state_dict(copy.deepcopy(state[f"{name}_optim"]))
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning rate's multiplier at optimizer step ``step`` (from 0) of ``total``: linear from 0
+    over ``warmup`` steps, then constant, linear to 0 or a half cosine to 0 at ``total`` (transformers'
+    ``get_{constant,linear,cosine}_schedule_with_warmup``, which TRL uses)."""
+    if step < warmup:
+        return step / warmup
+    if schedule == "constant":
+        return 1.0
+    remaining = max(0.0, (total - step) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (1.0 - remaining)))
+    return remaining

@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 
 from hybridrl.core.checkpoint import atomic_save, load_checkpoint
+from hybridrl.core.optim import lr_factor
 from hybridrl.core.session import CHECKPOINT, DivergenceError, Session
 from hybridrl.preference import selfplay_methods  # noqa: F401  (importing it registers every method)
 from hybridrl.preference.data import TokenizedPairs
@@ -72,7 +73,7 @@ from hybridrl.preference.models import AdapterDisabled, apply_lora, disable_drop
 from hybridrl.preference.oracles import PreferenceOracle, judge_batch
 from hybridrl.preference.prompts import Prompt, encode_prompts, prompts_digest
 from hybridrl.preference.sampling import sample_completions
-from hybridrl.preference.selfplay_config import LORA_SETTINGS, SCHEDULE_SETTINGS, SelfPlayConfig, lr_factor
+from hybridrl.preference.selfplay_config import LORA_SETTINGS, SCHEDULE_SETTINGS, SelfPlayConfig
 from hybridrl.preference.selfplay_eval import EVAL_PHASE, eval_due, evaluate_shard, evaluation_judge, summarize
 from hybridrl.preference.selfplay_parallel import join_shards, make_processes
 from hybridrl.preference.selfplay_spec import (

@@ -7,7 +7,6 @@ field is the ``--help`` of its ``hybridrl pref selfplay`` flag.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -121,16 +120,3 @@ class SelfPlayConfig:
 
 LORA_SETTINGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 SCHEDULE_SETTINGS = ("lr_schedule", "warmup_ratio", "lr_schedule_span")
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """The learning rate's multiplier at optimizer step ``step`` (from 0) of ``total``: linear from 0
-    over ``warmup`` steps, then constant, linear to 0 or a half cosine to 0 at ``total``."""
-    if step < warmup:
-        return step / warmup
-    if schedule == "constant":
-        return 1.0
-    remaining = max(0.0, (total - step) / max(1, total - warmup))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * (1.0 - remaining)))
-    return remaining

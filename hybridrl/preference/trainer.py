@@ -36,7 +36,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import math
 import os
 import time
 from array import array
@@ -47,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from hybridrl.core.optim import lr_factor
 from hybridrl.core.seeding import seed_everything
 from hybridrl.core.session import CHECKPOINT, Session
 from hybridrl.preference.data import TokenizedPairs
@@ -232,15 +232,7 @@ class PairwiseTrainer:
     # -- schedule and data order -------------------------------------------------------------------
 
     def _lr_factor(self, step: int) -> float:
-        warmup = self.config.warmup_steps
-        if step < warmup:  # transformers' get_linear_schedule_with_warmup, which TRL uses
-            return step / max(1, warmup)
-        if self.config.lr_schedule == "constant":
-            return 1.0
-        remaining = max(0.0, (self.config.steps - step) / max(1, self.config.steps - warmup))
-        if self.config.lr_schedule == "cosine":  # transformers' get_cosine_schedule_with_warmup
-            return 0.5 * (1.0 + math.cos(math.pi * (1.0 - remaining)))
-        return remaining
+        return lr_factor(step, self.config.steps, self.config.warmup_steps, self.config.lr_schedule)
 
     @property
     def global_batch_size(self) -> int:

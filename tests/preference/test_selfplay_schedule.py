@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
+from hybridrl.core.optim import lr_factor
 from hybridrl.core.session import RunDirectoryError
 from hybridrl.preference.oracles import MajorityJudge
 from hybridrl.preference.selfplay import SelfPlayConfig, SelfPlayTrainer, resolve_selfplay_method
-from hybridrl.preference.selfplay_config import lr_factor
 from hybridrl.preference.selfplay_spec import method_config
 
 LR = 1e-3
