@@ -26,6 +26,7 @@ from hybridrl.cli.pref_common import (
     CheckpointingOption,
     DtypeOption,
     ReportOption,
+    check_eval_fraction,
     held_out_indices,
     parse_dtype,
     read_prompts,
@@ -139,10 +140,7 @@ def train(
         if lr_schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}: use 'linear', 'cosine' or 'constant'")
         weights_dtype = parse_dtype(dtype)
-        if eval_split is not None and eval_fraction > 0:
-            raise ValueError("give --eval-split or --eval-fraction, not both")
-        if not 0.0 <= eval_fraction < 1.0:
-            raise ValueError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
+        check_eval_fraction(eval_fraction, "--eval-split", eval_split is not None)
         train_config = TrainConfig(
             steps=steps,
             batch_size=batch_size,

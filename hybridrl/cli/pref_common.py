@@ -50,6 +50,14 @@ def parse_dtype(name: str) -> torch.dtype:
     return choices[name]
 
 
+def check_eval_fraction(fraction: float, other_flag: str, other_given: bool) -> None:
+    """One line when ``--eval-fraction`` is out of [0, 1) or given beside the other eval source."""
+    if other_given and fraction > 0:
+        raise ValueError(f"give {other_flag} or --eval-fraction, not both")
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"--eval-fraction must be in [0, 1), got {fraction}")
+
+
 def held_out_indices(n: int, fraction: float, seed: int, what: str) -> tuple[list[int], list[int]]:
     """(kept, held out) indices of ``n`` items: a seeded ``fraction`` (at least one) held out, both in order."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()

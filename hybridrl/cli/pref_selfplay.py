@@ -15,6 +15,7 @@ from hybridrl.cli.pref_common import (
     CheckpointingOption,
     DtypeOption,
     ReportOption,
+    check_eval_fraction,
     held_out_indices,
     parse_dtype,
     parse_params,
@@ -133,10 +134,7 @@ def selfplay_command(
         from hybridrl.preference.selfplay_parallel import launched_processes, make_processes
         from hybridrl.preference.selfplay_spec import method_config
 
-        if eval_prompts is not None and eval_fraction > 0:
-            raise ValueError("give --eval-prompts or --eval-fraction, not both")
-        if not 0.0 <= eval_fraction < 1.0:
-            raise ValueError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
+        check_eval_fraction(eval_fraction, "--eval-prompts", eval_prompts is not None)
         spec = resolve_selfplay_method(method)
         config = method_config(spec, parse_params(param))
         run_config = SelfPlayConfig(
