@@ -206,26 +206,36 @@ def quiet_hf_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def make_accelerator(device: str | None, mixed_precision: str) -> Any:
-    """An ``accelerate.Accelerator`` on ``device`` ('cpu', 'cuda', 'cuda:N'; None: what accelerate picks,
-    which ``accelerate launch`` sets for several processes)."""
-    from accelerate import Accelerator
+def launched_processes() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``, set by ``accelerate launch`` and
+    ``torchrun``; 1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
+
+def launch_device(device: str | None) -> torch.device:
+    """``device`` resolved (None or 'auto': CUDA when present, else the CPU). Under several launched
+    processes it may name the kind only (each process takes its own GPU, or the CPU with gloo), not
+    one GPU for all."""
     from hybridrl.core.seeding import resolve_device
 
-    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch and torchrun
-    use_cpu = False
-    if device not in (None, "", "auto"):
-        resolved = resolve_device(device)  # one-line error when CUDA is asked for and absent
-        use_cpu = resolved.type == "cpu"
-        if resolved.type == "cuda" and resolved.index is not None:
-            if processes > 1:
-                raise ValueError(f"--device {device} pins one GPU, but {processes} processes were launched: "
-                                 "leave --device unset (each process takes the GPU of its local rank)")
-            torch.cuda.set_device(resolved)  # single process on a chosen GPU
-    elif processes > 1 and not torch.cuda.is_available():
-        use_cpu = True  # else accelerate runs each launched CPU process alone, every one as rank 0
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    resolved = resolve_device(device)  # one-line error when CUDA is asked for and absent
+    processes = launched_processes()
+    if processes > 1 and resolved.index is not None:
+        raise ValueError(f"device {device!r} names one GPU, but {processes} processes were launched: "
+                         "pass --device cuda (each process takes its own) or none")
+    return resolved
+
+
+def make_accelerator(device: str | None, mixed_precision: str) -> Any:
+    """An ``accelerate.Accelerator`` on ``device`` ('cpu', 'cuda', 'cuda:N'; None: CUDA when present,
+    else the CPU), one process's or, under ``accelerate launch``, each launched process's."""
+    from accelerate import Accelerator
+
+    kind = launch_device(device)
+    if kind.type == "cuda" and kind.index is not None:
+        torch.cuda.set_device(kind)  # one process on a chosen GPU
+    # cpu=True also joins launched CPU processes with gloo; without it accelerate runs each alone as rank 0
+    accelerator = Accelerator(cpu=kind.type == "cpu", mixed_precision=mixed_precision)
     check_data_parallel(accelerator.distributed_type)
     return accelerator
 

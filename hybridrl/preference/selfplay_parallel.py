@@ -31,19 +31,13 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from hybridrl.core.seeding import resolve_device
-from hybridrl.preference.models import check_data_parallel
+from hybridrl.preference.models import check_data_parallel, launch_device, launched_processes
 
 T = TypeVar("T")
 S = TypeVar("S", Tensor, list)
 
 BUCKET_ELEMENTS = 1 << 25
 """Gradient elements per all-reduce (128 MiB in float32): few collectives, bounded extra memory."""
-
-
-def launched_processes() -> int:
-    """How many processes the launcher started (``WORLD_SIZE``; 1 when run directly)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @dataclass(frozen=True)
@@ -155,12 +149,9 @@ def make_processes(device: str | None) -> Processes:
     for name in ("FSDP", "DEEPSPEED"):
         if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true":
             check_data_parallel(name)
+    kind = launch_device(device)
     if launched_processes() == 1:
-        return Processes(resolve_device(device))
-    kind = resolve_device(device)
-    if kind.index is not None:
-        raise ValueError(f"device {device!r} names one GPU, but {launched_processes()} processes were launched: "
-                         "pass --device cuda (each process takes its own) or none")
+        return Processes(kind)
     from accelerate import PartialState
 
     state = PartialState(cpu=kind.type == "cpu")  # the process group (gloo on the CPU, NCCL on GPUs)
